@@ -1,0 +1,66 @@
+"""The acting side of Algorithm 1 as a plain class: pick goals, roll out the GC-agent, package the result.
+
+The single-process trainer calls it with the learner's own networks; a Ray rollout actor wraps it
+with a private copy of the networks that it refreshes from published weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from common.config import ActingConfig, MDPConfig
+from common.mdp import step_rates
+from common.messages import TrajectoryBatch
+from common.networks import VAgent
+from common.data import to_unit_range
+from common.rollout import goal_conditioned_rollout
+from common.state import numpy_rng_from_text, numpy_rng_to_text
+
+
+class RolloutWorker:
+    """Generates GC-agent episodes for goals drawn uniformly from the training set (line 1)."""
+
+    def __init__(self, agent: VAgent, mdp: MDPConfig, acting: ActingConfig, goal_images: torch.Tensor,
+                 x1: torch.Tensor, device: torch.device, seed: int):
+        self.agent, self.mdp, self.acting, self.device = agent, mdp, acting, device
+        self.goal_images = goal_images  # [N, C, H, W] uint8, on the CPU or the device
+        self.x1 = x1.to(device)
+        self.rates = step_rates(mdp, device)
+        self.rng = np.random.default_rng(seed)
+        self.weight_version = 0
+
+    def draw_goals(self, count: int | None = None) -> np.ndarray:
+        """Goal indices sampled uniformly with replacement: [count] int64."""
+        count = count or self.acting.goals_per_rollout
+        return self.rng.integers(0, self.goal_images.shape[0], size=count, dtype=np.int64)
+
+    @torch.inference_mode()
+    def collect(self, goal_indices: np.ndarray | None = None, weight_lag: int = 0) -> TrajectoryBatch:
+        """One batched GC-agent rollout with the exploration malus, as numpy for replay."""
+        indices = self.draw_goals() if goal_indices is None else goal_indices
+        goals = to_unit_range(self.goal_images[torch.from_numpy(indices)].to(self.device))
+        was_training = self.agent.training
+        self.agent.eval()
+        episodes = goal_conditioned_rollout(self.agent, self.x1, goals, self.rates, self.acting.kappa,
+                                            self.mdp.sigma)
+        self.agent.train(was_training)
+        return TrajectoryBatch(
+            states=episodes.states.float().cpu().numpy(),
+            selections=episodes.selections.to(torch.int16).cpu().numpy(),
+            goal_indices=indices.astype(np.int64),
+            final_loss=episodes.final_loss.float().cpu().numpy(),
+            weight_version=self.weight_version, weight_lag=weight_lag)
+
+    def load_weights(self, weights: dict[str, np.ndarray], version: int) -> None:
+        """Replace the local networks' weights with a published version."""
+        state = {k: torch.from_numpy(np.array(v)) for k, v in weights.items()}
+        self.agent.load_state_dict(state)
+        self.weight_version = version
+
+    def rng_state(self) -> dict:
+        """The goal sampler's state, for checkpoints."""
+        return numpy_rng_to_text(self.rng)
+
+    def set_rng_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = numpy_rng_from_text(state)

@@ -1,0 +1,144 @@
+"""Checkpoints that a crash cannot corrupt and that a foreign file cannot impersonate.
+
+A checkpoint is a folder `update-<N>` holding the learner state (torch.save of tensors and plain
+containers, loaded with weights_only=True), one msgpack file per replay shard, and `manifest.json`
+written last with each file's size and SHA-256. The folder is built under a temporary name and
+renamed, so the newest complete checkpoint is always whole; loading re-checks every digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from common.errors import CheckpointError
+
+FORMAT = "gcrl-checkpoint"
+FORMAT_VERSION = 1
+NAME = re.compile(r"^update-(\d{9})$")
+LEARNER_FILE = "learner.pt"
+
+
+@dataclass
+class Checkpoint:
+    """What a run needs to continue: its manifest, the learner state and each shard's replay bytes."""
+
+    path: Path
+    manifest: dict  # format, updates, config, dataset fingerprint, files
+    learner_state: dict
+    replay_shards: list[bytes]
+
+
+def _digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def save_checkpoint(directory: str | Path, updates: int, learner_state: dict, replay_shards: list[bytes],
+                    meta: dict, keep: int = 3) -> Path:
+    """Write update-<updates> atomically, then drop all but the newest `keep` complete checkpoints."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"update-{updates:09d}"
+    staging = directory / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    torch.save(learner_state, staging / LEARNER_FILE)
+    names = [LEARNER_FILE]
+    for index, payload in enumerate(replay_shards):
+        names.append(f"replay-{index}.msgpack")
+        _write_bytes(staging / names[-1], payload)
+    files = {n: {"bytes": (staging / n).stat().st_size, "sha256": _digest(staging / n)} for n in names}
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "updates": updates,
+                "created": time.time(), "files": files, **meta}
+    _write_bytes(staging / "manifest.json", json.dumps(manifest, indent=1).encode())
+    if final.exists():  # the same update count saved again (e.g. on exit right after a periodic save)
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    _prune(directory, keep)
+    return final
+
+
+def _prune(directory: Path, keep: int) -> None:
+    for old in complete_checkpoints(directory)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def complete_checkpoints(directory: str | Path) -> list[Path]:
+    """Finished checkpoint folders, oldest first (staging folders and strays are ignored)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.iterdir() if NAME.match(p.name) and (p / "manifest.json").exists()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder itself, or the newest complete one inside a run's checkpoint directory."""
+    path = Path(path)
+    if (path / "manifest.json").exists():
+        return path
+    found = complete_checkpoints(path)
+    if not found:
+        what = "does not exist" if not path.exists() else "holds no complete checkpoint (update-*/manifest.json)"
+        raise CheckpointError(f"checkpoint path {path} {what}")
+    return found[-1]
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> Checkpoint:
+    """Load and verify a checkpoint; refuses foreign, truncated or altered files with one line."""
+    path = resolve_checkpoint(path)
+    manifest = _read_manifest(path)
+    for name, info in manifest["files"].items():
+        _verify_file(path / name, info)
+    try:
+        state = torch.load(path / LEARNER_FILE, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for bad archives
+        raise CheckpointError(f"{path / LEARNER_FILE} cannot be read as a learner state: {exc}".splitlines()[0]) from exc
+    shards = sorted((n for n in manifest["files"] if n.startswith("replay-")), key=lambda n: int(n[7:-8]))
+    return Checkpoint(path, manifest, state, [(path / n).read_bytes() for n in shards])
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path / 'manifest.json'} is not readable JSON: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a gcrl checkpoint (manifest format is "
+                              f"{manifest.get('format') if isinstance(manifest, dict) else None!r}, expected {FORMAT!r})")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version {manifest.get('format_version')!r}, "
+                              f"this code reads version {FORMAT_VERSION}")
+    if not isinstance(manifest.get("files"), dict) or LEARNER_FILE not in manifest["files"]:
+        raise CheckpointError(f"{path}/manifest.json lists no {LEARNER_FILE}")
+    return manifest
+
+
+def _verify_file(path: Path, info: dict) -> None:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint file {path} is missing")
+    size = path.stat().st_size
+    if size != info.get("bytes"):
+        raise CheckpointError(f"checkpoint file {path} is {size} bytes, the manifest says {info.get('bytes')} "
+                              "(truncated or replaced)")
+    if _digest(path) != info.get("sha256"):
+        raise CheckpointError(f"checkpoint file {path} does not match its SHA-256 in the manifest (corrupt)")

@@ -1,0 +1,141 @@
+"""Command-line flags and config files turned into the typed settings of a run.
+
+Kept in the installed package (not in launch.py) because `ray submit` copies launch.py alone to the
+head node. Parsing imports no Ray; launch.py dispatches to a runtime with what this returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.config import ExperimentConfig, apply_overrides
+from common.data import DATASETS
+from common.device import DEVICE_CHOICES
+from common.errors import ConfigError
+from common.presets import PRESETS, preset
+from common.run import RunOptions
+
+RUNTIMES = ("ray", "single-process")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line naming it, instead of the whole usage text."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message} (see `python launch.py --help`)")
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Which goals to train on and where they are."""
+
+    dataset: str = "mnist"
+    data_dir: Path | None = None
+    download: bool = False
+    num_goals: int | None = None  # train on the first N images only
+
+
+@dataclass(frozen=True)
+class TrainCommand:
+    """Everything a training run needs, parsed and checked."""
+
+    runtime: str
+    preset_name: str
+    config: ExperimentConfig
+    data: DataOptions
+    run: RunOptions
+    args: argparse.Namespace  # the raw flags, for runtime-specific options
+
+
+def build_parser(description: str) -> OneLineParser:
+    """The training flags; the Ray runtime's flags are declared here too so --help shows them all."""
+    p = OneLineParser(prog="launch.py", description=description)
+    p.add_argument("--runtime", choices=RUNTIMES, default="ray", help="ray (default) or the single-process reference")
+    p.add_argument("--preset", choices=tuple(PRESETS), help="default: paper with a GPU, small without")
+    p.add_argument("--config", type=Path, help="YAML file of {section: {setting: value}} overrides")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE",
+                   help="override one setting, e.g. --set mdp.horizon=8 (repeatable)")
+    p.add_argument("--dataset", choices=DATASETS, default="mnist")
+    p.add_argument("--data-dir", type=Path, help="torchvision-layout folder (or image folder); default: searched")
+    p.add_argument("--download", action="store_true", help="let torchvision download the dataset if missing")
+    p.add_argument("--num-goals", type=int, help="train on the first N training images only")
+    p.add_argument("--total-updates", type=int, default=RunOptions.total_updates, help="learner steps to run")
+    p.add_argument("--time-limit", type=float, help="stop after this many seconds of training")
+    p.add_argument("--checkpoint-dir", type=Path, help="where checkpoints go (default: none are written)")
+    p.add_argument("--checkpoint-every", type=float, default=RunOptions.checkpoint_every, help="seconds")
+    p.add_argument("--keep-checkpoints", type=int, default=RunOptions.keep_checkpoints)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="learner device")
+    p.add_argument("--progress-every", type=float, default=RunOptions.progress_every, help="seconds")
+    add_ray_flags(p)
+    return p
+
+
+def add_ray_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of the distributed runtime (ignored by --runtime single-process)."""
+    g = p.add_argument_group("ray runtime")
+    g.add_argument("--num-actors", type=int, default=2, help="rollout actors")
+    g.add_argument("--num-replay-shards", type=int, default=1, help="replay shard actors")
+    g.add_argument("--actor-gpus", type=float, default=0.0, help="GPU fraction per rollout actor")
+    g.add_argument("--learner-gpus", type=float, help="GPUs for the learner (default: 1 if the cluster has one)")
+    g.add_argument("--metrics-port", type=int, default=8000, help="Prometheus endpoint on the driver (0: off)")
+    g.add_argument("--address", help="Ray cluster to join, e.g. auto; default: start Ray locally")
+    g.add_argument("--publish-every", type=int, default=20, help="learner steps between weight publications")
+
+
+def load_config(args: argparse.Namespace) -> tuple[str, ExperimentConfig]:
+    """Preset, then the --config file, then each --set, each layer checked as it is applied."""
+    file_overrides = _read_yaml(args.config) if args.config else {}
+    name = args.preset or file_overrides.pop("preset", None)
+    name, config = preset(name)
+    config = apply_overrides(config, file_overrides, str(args.config)) if file_overrides else config
+    for item in args.set:
+        config = apply_overrides(config, _parse_set(item), f"--set {item}")
+    return name, config
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml  # a dependency of ray; imported only when a file is given
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path}: not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _parse_set(item: str) -> dict:
+    import yaml
+
+    key, sep, text = item.partition("=")
+    section, dot, name = key.partition(".")
+    if not sep or not dot or not section or not name:
+        raise ConfigError(f"--set {item!r}: expected SECTION.NAME=VALUE, e.g. mdp.horizon=8")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: cannot parse value {text!r}") from exc
+    return {section: {name: value}}
+
+
+def parse_train(argv: list[str], description: str) -> TrainCommand:
+    """Parse and check training flags; every bad value raises ConfigError with one line."""
+    args = build_parser(description).parse_args(argv)
+    name, config = load_config(args)
+    if args.num_goals is not None and args.num_goals <= 0:
+        raise ConfigError(f"--num-goals must be a positive integer, got {args.num_goals}")
+    data = DataOptions(args.dataset, args.data_dir, args.download, args.num_goals)
+    run = RunOptions(total_updates=args.total_updates, time_limit=args.time_limit,
+                     checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
+                     keep_checkpoints=args.keep_checkpoints, resume=args.resume, seed=args.seed,
+                     device=args.device, progress_every=args.progress_every)
+    return TrainCommand(args.runtime, name, config, data, run, args)

@@ -1,0 +1,222 @@
+"""Typed, validated settings of the method, split the way the paper splits the algorithm.
+
+Each component takes only its own section (the MDP, the networks, acting, learning, replay), so no
+global object is threaded everywhere; `ExperimentConfig` only bundles them for presets, files and
+checkpoints. Every section checks itself at construction so a bad value stops a run before it starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from common.errors import ConfigError
+
+InitialState = Literal["zeros", "data_mean"]
+INITIAL_STATES = ("zeros", "data_mean")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def check_positive_int(name: str, value) -> None:
+    """Refuse anything but an integer above zero, naming the setting."""
+    if not _is_int(value) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_positive(name: str, value) -> None:
+    """Refuse anything but a finite number above zero, naming the setting."""
+    if not _is_number(value) or value <= 0:
+        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+
+
+def check_non_negative(name: str, value) -> None:
+    """Refuse negative or non-finite numbers, naming the setting."""
+    if not _is_number(value) or value < 0:
+        raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+
+
+def check_unit_interval(name: str, value) -> None:
+    """Refuse numbers outside (0, 1], as for Polyak rates."""
+    if not _is_number(value) or not 0 < value <= 1:
+        raise ConfigError(f"{name} must be a number in (0, 1], got {value!r}")
+
+
+@dataclass(frozen=True)
+class MDPConfig:
+    """The episodic MDP of section 3.1: H steps x_{h+1} = x_h + alpha_h y_h, Gaussian last step.
+
+    The goal loss is ||x_{H+1} - goal||^2 / (2 sigma^2 d) with d the pixel count: the paper's loss
+    divided by d, so kappa and the learning rates keep their meaning at any image size. With the
+    default sigma^2 = 1/2 it is the per-pixel mean squared error.
+    """
+
+    horizon: int = 16  # H
+    num_proposals: int = 16  # A
+    alphas: tuple[float, ...] | None = None  # alpha_1..alpha_H; None means alpha_h = 1/h
+    sigma: float = math.sqrt(0.5)
+    initial_state: InitialState = "zeros"
+
+    def __post_init__(self):
+        check_positive_int("mdp.horizon", self.horizon)
+        check_positive_int("mdp.num_proposals", self.num_proposals)
+        check_positive("mdp.sigma", self.sigma)
+        if self.initial_state not in INITIAL_STATES:
+            raise ConfigError(f"mdp.initial_state must be one of {INITIAL_STATES}, got {self.initial_state!r}")
+        if self.alphas is not None:
+            self._check_alphas()
+
+    def _check_alphas(self) -> None:
+        alphas = self.alphas
+        if not isinstance(alphas, (tuple, list)) or len(alphas) != self.horizon:
+            got = len(alphas) if isinstance(alphas, (tuple, list)) else repr(alphas)
+            raise ConfigError(f"mdp.alphas must list one rate per step ({self.horizon} for H={self.horizon}), got {got}")
+        for h, alpha in enumerate(alphas, start=1):
+            check_positive(f"mdp.alphas[{h}]", alpha)
+        object.__setattr__(self, "alphas", tuple(float(a) for a in alphas))
+
+    def rates(self) -> tuple[float, ...]:
+        """alpha_1..alpha_H, the paper's 1/h unless a list was given."""
+        if self.alphas is not None:
+            return self.alphas
+        return tuple(1.0 / h for h in range(1, self.horizon + 1))
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Widths of the three networks of Appendix B (GroupNorm groups must divide every width)."""
+
+    proposal_widths: tuple[int, ...] = (64, 128, 256, 512)  # U-Net levels, full resolution first
+    selection_widths: tuple[int, ...] = (64, 128, 256)  # the three conv blocks of S-select and GC-Q
+    groups: int = 8
+
+    def __post_init__(self):
+        check_positive_int("network.groups", self.groups)
+        for name in ("proposal_widths", "selection_widths"):
+            widths = getattr(self, name)
+            if not isinstance(widths, (tuple, list)) or len(widths) < 1:
+                raise ConfigError(f"network.{name} must be a non-empty list of widths, got {widths!r}")
+            for i, width in enumerate(widths):
+                check_positive_int(f"network.{name}[{i}]", width)
+                if width % self.groups:
+                    raise ConfigError(
+                        f"network.{name}[{i}] = {width} is not divisible by network.groups = {self.groups}")
+            object.__setattr__(self, name, tuple(widths))
+
+
+@dataclass(frozen=True)
+class ActingConfig:
+    """How the GC-agent explores (Algorithm 1) and how many goals one rollout call handles."""
+
+    kappa: float = 0.05  # weight of the malus kappa * log S-select(a | x, h)
+    goals_per_rollout: int = 64  # goals rolled out together, one batched forward pass per step
+
+    def __post_init__(self):
+        check_non_negative("acting.kappa", self.kappa)
+        check_positive_int("acting.goals_per_rollout", self.goals_per_rollout)
+
+
+@dataclass(frozen=True)
+class LearningConfig:
+    """Algorithm 2: optimiser rates, batch sizes, and how often each update runs (in learner steps)."""
+
+    rho: float = 0.06  # Polyak rate: target <- rho * online + (1 - rho) * target
+    proposal_lr: float = 1e-4
+    selection_lr: float = 1e-4
+    q_lr: float = 1e-4
+    proposal_batch: int = 128
+    selection_batch: int = 128
+    q_batch: int = 128
+    proposal_every: int = 1
+    selection_every: int = 1
+    q_every: int = 1
+    target_every: int = 1  # in Q updates
+    max_grad_norm: float = 10.0
+
+    def __post_init__(self):
+        check_unit_interval("learning.rho", self.rho)
+        for name in ("proposal_lr", "selection_lr", "q_lr", "max_grad_norm"):
+            check_positive(f"learning.{name}", getattr(self, name))
+        for name in ("proposal_batch", "selection_batch", "q_batch", "proposal_every",
+                     "selection_every", "q_every", "target_every"):
+            check_positive_int(f"learning.{name}", getattr(self, name))
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """The three replay memories and the samples-per-insert ratio that paces learning against acting.
+
+    The ratio counts GC transitions: Q-update samples drawn per transition inserted. The other two
+    memories are filled and drawn in step with it.
+    """
+
+    gc_capacity: int = 200_000  # GC transitions (x_h, h, a_h, x_{h+1}, loss_h, goal)
+    selection_capacity: int = 200_000  # S-select samples (x_h, h, a_h)
+    proposal_capacity: int = 50_000  # S-prop sequences (a_1..a_H, goal)
+    min_size_to_sample: int = 2_000  # GC transitions needed before the first update
+    samples_per_insert: float = 8.0
+    samples_per_insert_tolerance: float = 0.5  # allowed drift, as a fraction of min_size_to_sample
+
+    def __post_init__(self):
+        for name in ("gc_capacity", "selection_capacity", "proposal_capacity", "min_size_to_sample"):
+            check_positive_int(f"replay.{name}", getattr(self, name))
+        check_positive("replay.samples_per_insert", self.samples_per_insert)
+        check_positive("replay.samples_per_insert_tolerance", self.samples_per_insert_tolerance)
+        if self.min_size_to_sample > self.gc_capacity:
+            raise ConfigError(f"replay.min_size_to_sample = {self.min_size_to_sample} exceeds "
+                              f"replay.gc_capacity = {self.gc_capacity}")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """The five sections together, as a preset, a config file or a checkpoint holds them."""
+
+    mdp: MDPConfig = field(default_factory=MDPConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    acting: ActingConfig = field(default_factory=ActingConfig)
+    learning: LearningConfig = field(default_factory=LearningConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict, for checkpoints and for printing the settings a run used."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> ExperimentConfig:
+        """Inverse of to_dict; unknown sections or fields are refused with their name."""
+        return apply_overrides(cls(), data, source)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(ExperimentConfig)}
+
+
+def apply_overrides(base: ExperimentConfig, overrides: dict, source: str) -> ExperimentConfig:
+    """Replace the fields named in a nested mapping {section: {field: value}}, checking every name."""
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(overrides).__name__}")
+    sections = {}
+    for section, values in overrides.items():
+        current = getattr(base, section, None) if section in SECTIONS else None
+        if current is None:
+            raise ConfigError(f"{source}: unknown section {section!r} (expected one of {', '.join(SECTIONS)})")
+        sections[section] = _replace_section(current, section, values, source)
+    return dataclasses.replace(base, **sections)
+
+
+def _replace_section(current, section: str, values, source: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: section {section!r} must be a mapping, got {values!r}")
+    names = [f.name for f in dataclasses.fields(current)]
+    for name in values:
+        if name not in names:
+            raise ConfigError(f"{source}: unknown setting '{section}.{name}' (expected one of {', '.join(names)})")
+    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return dataclasses.replace(current, **fixed)

@@ -1,0 +1,25 @@
+"""Error types for bad input, so every entry point can show one clear line instead of a traceback."""
+
+
+class UserError(ValueError):
+    """Input a user can fix (flag, config file, data folder, checkpoint, message).
+
+    launch.py prints the message alone and exits with status 2; anything else is a bug and keeps
+    its traceback.
+    """
+
+
+class ConfigError(UserError):
+    """A setting is out of range or of the wrong type; raised before any work starts."""
+
+
+class DataError(UserError):
+    """A data folder is missing, truncated or not what the dataset name promised."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint is corrupt, foreign, or does not fit the run that wants to load it."""
+
+
+class MessageError(UserError):
+    """A message between processes does not decode to what the receiver expects; it is refused whole."""

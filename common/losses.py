@@ -1,0 +1,60 @@
+"""The losses and target of Algorithm 2 as pure functions of tensors.
+
+Q-values here are expected losses, so every max of textbook DQN is a min (the paper's convention).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def double_dqn_target(next_q_online: torch.Tensor, next_q_target: torch.Tensor, loss: torch.Tensor,
+                      is_last: torch.Tensor) -> torch.Tensor:
+    """Algorithm 2 line 12 with Double-DQN: loss + Q_target(x', h+1)[argmin_b Q_online(x', h+1)].
+
+    next_q_online, next_q_target: [B, A] at (x', h+1, goal); loss: [B] (non-zero only at h = H);
+    is_last: [B] bool, true at h = H where the episode ends and nothing is bootstrapped -> [B].
+    The online network chooses, the target network values, which curbs the optimism of a plain min.
+    """
+    best = next_q_online.argmin(dim=1, keepdim=True)
+    bootstrap = next_q_target.gather(1, best).squeeze(1)
+    return loss + torch.where(is_last, torch.zeros_like(bootstrap), bootstrap)
+
+
+def q_regression_loss(q_values: torch.Tensor, selections: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Algorithm 2 line 14: mean squared error of Q(x, h, goal)[a] against the (fixed) targets.
+
+    q_values [B, A], selections [B] long, targets [B] -> scalar.
+    """
+    chosen = q_values.gather(1, selections.unsqueeze(1)).squeeze(1)
+    return F.mse_loss(chosen, targets.detach())
+
+
+@torch.no_grad()
+def polyak_update(target: nn.Module, online: nn.Module, rho: float) -> None:
+    """Algorithm 2 line 16: psi_target <- rho * psi + (1 - rho) * psi_target, in place.
+
+    Buffers (none in these networks) are copied, since averaging running statistics means nothing.
+    """
+    for t, o in zip(target.parameters(), online.parameters()):
+        t.lerp_(o, rho)
+    for t, o in zip(target.buffers(), online.buffers()):
+        t.copy_(o)
+
+
+def selection_cross_entropy(logits: torch.Tensor, selections: torch.Tensor) -> torch.Tensor:
+    """Algorithm 2 line 7: the S-agent imitates the GC-agent's choices, -log S-select(a | x, h).
+
+    logits [B, A], selections [B] long -> scalar mean.
+    """
+    return F.cross_entropy(logits, selections)
+
+
+def unfolded_proposal_loss(final_state: torch.Tensor, goals: torch.Tensor) -> torch.Tensor:
+    """Algorithm 2 line 3: ||S-prop-net_U(a_1..a_H) - goal||^2, averaged over pixels and batch.
+
+    The per-pixel mean (not the sum) only rescales the gradient, keeping rates size-independent.
+    """
+    return F.mse_loss(final_state, goals)

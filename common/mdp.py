@@ -1,0 +1,45 @@
+"""The episodic MDP of section 3.1 as plain tensor functions.
+
+x_1 is fixed, x_{h+1} = x_h + alpha_h y_h for h = 1..H, and the only loss is the Gaussian
+log-likelihood of the goal at the last step. Kept apart from the networks so the step rule and the
+loss can be checked against hand-computed numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from common.config import MDPConfig
+
+
+def step_rates(mdp: MDPConfig, device=None) -> torch.Tensor:
+    """alpha_1..alpha_H as a tensor [H], so rollouts index it by step without Python floats."""
+    return torch.tensor(mdp.rates(), dtype=torch.float32, device=device)
+
+
+def initial_state(mdp: MDPConfig, image_shape: tuple[int, int, int], data_mean: torch.Tensor | None) -> torch.Tensor:
+    """x_1 [C, H, W]: zeros (the paper's experiments) or the training-set mean (section 3.1)."""
+    if mdp.initial_state == "zeros":
+        return torch.zeros(image_shape)
+    if data_mean is None or tuple(data_mean.shape) != tuple(image_shape):
+        raise ValueError(f"initial_state 'data_mean' needs a mean image of shape {image_shape}")
+    return data_mean.detach().clone().float()
+
+
+def transition(state: torch.Tensor, action: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
+    """Eq. (5): x_{h+1} = x_h + alpha_h y_h (the mean of the Gaussian last step at h = H).
+
+    state, action: [B, C, H, W]; alpha: a float or [B] (one rate per row, for mixed steps).
+    """
+    if isinstance(alpha, torch.Tensor) and alpha.dim() == 1:
+        alpha = alpha.view(-1, 1, 1, 1)
+    return state + alpha * action
+
+
+def goal_loss(final_state: torch.Tensor, goal: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Loss of the last step, ||x_{H+1} - goal||^2 / (2 sigma^2 d): [B, C, H, W] x2 -> [B].
+
+    The division by the pixel count d keeps kappa meaningful at any image size (see MDPConfig).
+    """
+    squared = (final_state - goal).pow(2).flatten(1).mean(dim=1)
+    return squared / (2.0 * sigma * sigma)

@@ -1,0 +1,152 @@
+"""The three networks of Appendix B, for any image size and channel count.
+
+- S-prop-net (ProposalUNet): the proposal y = S-prop-net(x, h, a), a 4-level U-Net whose step and
+  selection enter as an embedding of the index A*h + a, image-sized, concatenated on the channels.
+- S-select-net (SelectionNet): logits over the A selections from (x, h), three conv blocks.
+- GC-select-Qnet (GoalQNet): the same trunk fed the goal too, with a dueling head (Wang et al.).
+
+Steps h and selections a are 0-based here (h in [0, H), a in [0, A)).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from common.config import MDPConfig, NetworkConfig
+
+ImageShape = tuple[int, int, int]  # (C, H, W)
+
+
+def conv_block(in_channels: int, out_channels: int, groups: int, stride: int = 1) -> nn.Sequential:
+    """Appendix B's unit: 3x3 convolution, GroupNorm, ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.GroupNorm(groups, out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def double_block(in_channels: int, out_channels: int, groups: int) -> nn.Sequential:
+    """One U-Net level: two conv blocks, as in the milesial U-Net the paper uses."""
+    return nn.Sequential(conv_block(in_channels, out_channels, groups), conv_block(out_channels, out_channels, groups))
+
+
+class ImageEmbedding(nn.Module):
+    """An embedding table whose rows are images [C, H, W], so a discrete index becomes extra channels."""
+
+    def __init__(self, num_indices: int, image_shape: ImageShape):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        c, h, w = self.image_shape
+        self.table = nn.Embedding(num_indices, c * h * w)
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        """index [B] long -> [B, C, H, W]."""
+        return self.table(index).view(-1, *self.image_shape)
+
+
+class ProposalUNet(nn.Module):
+    """S-prop-net: proposes the action y_h for selection a at step h; shared by both agents."""
+
+    def __init__(self, image_shape: ImageShape, mdp: MDPConfig, net: NetworkConfig):
+        super().__init__()
+        channels = image_shape[0]
+        widths = net.proposal_widths
+        self.num_proposals = mdp.num_proposals
+        self.embedding = ImageEmbedding(mdp.horizon * mdp.num_proposals, image_shape)
+        ins = (2 * channels,) + widths[:-1]
+        self.down = nn.ModuleList(double_block(i, o, net.groups) for i, o in zip(ins, widths))
+        self.up = nn.ModuleList(
+            double_block(widths[k + 1] + widths[k], widths[k], net.groups) for k in reversed(range(len(widths) - 1)))
+        self.out = nn.Conv2d(widths[0], channels, kernel_size=1)
+
+    def forward(self, state: torch.Tensor, step: torch.Tensor, selection: torch.Tensor) -> torch.Tensor:
+        """state [B, C, H, W], step [B], selection [B] -> proposal y [B, C, H, W]."""
+        index = step * self.num_proposals + selection  # A*h + a, Appendix B eq. (6)
+        features = torch.cat([state, self.embedding(index)], dim=1)  # [B, 2C, H, W]
+        skips = []
+        for level, block in enumerate(self.down):
+            if level:
+                features = F.max_pool2d(features, 2)
+            features = block(features)
+            skips.append(features)
+        for block, skip in zip(self.up, reversed(skips[:-1])):
+            features = F.interpolate(features, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            features = block(torch.cat([skip, features], dim=1))
+        return self.out(features)
+
+
+class SelectionTrunk(nn.Module):
+    """Three conv blocks, the first at full resolution, the others halving it, pooled to 4x4."""
+
+    def __init__(self, in_channels: int, net: NetworkConfig):
+        super().__init__()
+        ins = (in_channels,) + net.selection_widths[:-1]
+        strides = [1] + [2] * (len(net.selection_widths) - 1)
+        self.blocks = nn.Sequential(
+            *(conv_block(i, o, net.groups, s) for i, o, s in zip(ins, net.selection_widths, strides)))
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.out_features = net.selection_widths[-1] * 16
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """[B, in_channels, H, W] -> [B, out_features]."""
+        return self.pool(self.blocks(inputs)).flatten(1)
+
+
+class SelectionNet(nn.Module):
+    """S-select-net: the S-agent's goal-agnostic distribution over selections (as logits)."""
+
+    def __init__(self, image_shape: ImageShape, mdp: MDPConfig, net: NetworkConfig):
+        super().__init__()
+        self.embedding = ImageEmbedding(mdp.horizon, image_shape)
+        self.trunk = SelectionTrunk(2 * image_shape[0], net)
+        self.head = nn.Linear(self.trunk.out_features, mdp.num_proposals)
+
+    def forward(self, state: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        """state [B, C, H, W], step [B] -> logits [B, A]."""
+        return self.head(self.trunk(torch.cat([state, self.embedding(step)], dim=1)))
+
+
+class DuelingHead(nn.Module):
+    """Q = V + (Adv - mean Adv): a state value plus zero-mean advantages (Wang et al., 2016)."""
+
+    def __init__(self, in_features: int, num_actions: int):
+        super().__init__()
+        self.value = nn.Linear(in_features, 1)
+        self.advantage = nn.Linear(in_features, num_actions)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features [B, F] -> Q-values [B, A]."""
+        advantage = self.advantage(features)
+        return self.value(features) + advantage - advantage.mean(dim=1, keepdim=True)
+
+
+class GoalQNet(nn.Module):
+    """GC-select-Qnet: expected final loss of each selection given state, step and goal."""
+
+    def __init__(self, image_shape: ImageShape, mdp: MDPConfig, net: NetworkConfig):
+        super().__init__()
+        self.embedding = ImageEmbedding(mdp.horizon, image_shape)
+        self.trunk = SelectionTrunk(3 * image_shape[0], net)
+        self.head = DuelingHead(self.trunk.out_features, mdp.num_proposals)
+
+    def forward(self, state: torch.Tensor, step: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        """state, goal [B, C, H, W], step [B] -> Q-values [B, A] (lower is better: they are losses)."""
+        return self.head(self.trunk(torch.cat([state, goal, self.embedding(step)], dim=1)))
+
+
+class VAgent(nn.Module):
+    """The paper's variational agent: S-agent (proposal + selection) and GC-agent (goal Q-network).
+
+    Held together so weights, devices and checkpoints move as one; the Polyak target of the
+    Q-network lives with the learner, which alone needs it.
+    """
+
+    def __init__(self, image_shape: ImageShape, mdp: MDPConfig, net: NetworkConfig):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.proposal = ProposalUNet(image_shape, mdp, net)
+        self.selection = SelectionNet(image_shape, mdp, net)
+        self.goal_q = GoalQNet(image_shape, mdp, net)

@@ -1,0 +1,56 @@
+"""Named starting points: the paper's settings, and ones sized for a laptop CPU or a test.
+
+`paper` is Appendix B and section 4.1 (H = A = 16, kappa 0.05, rho 0.06, Adam 1e-4, batch 128,
+4-level U-Net); what the paper leaves unsaid (replay sizes, the samples-per-insert ratio) takes
+common DQN values. `small` keeps the structure but shrinks widths, horizon and batches so that
+two CPU cores train visibly in minutes. `tiny` exists for tests of the plumbing, not of quality.
+"""
+
+from __future__ import annotations
+
+from common.config import (ActingConfig, ExperimentConfig, LearningConfig, MDPConfig, NetworkConfig,
+                           ReplayConfig)
+from common.device import gpu_available
+from common.errors import ConfigError
+
+
+def paper() -> ExperimentConfig:
+    """The paper's configuration (section 4.1, Appendix B)."""
+    return ExperimentConfig()
+
+
+def small() -> ExperimentConfig:
+    """Two CPU cores, minutes: narrower networks, H = 4, A = 16, faster rates, smaller batches."""
+    lr = 1e-3
+    return ExperimentConfig(
+        mdp=MDPConfig(horizon=4, num_proposals=16),
+        network=NetworkConfig(proposal_widths=(16, 32, 64, 128), selection_widths=(16, 32, 64), groups=8),
+        acting=ActingConfig(kappa=0.05, goals_per_rollout=16),
+        learning=LearningConfig(proposal_lr=lr, selection_lr=lr, q_lr=lr, proposal_batch=16, selection_batch=64,
+                                q_batch=64),
+        replay=ReplayConfig(gc_capacity=50_000, selection_capacity=50_000, proposal_capacity=12_500,
+                            min_size_to_sample=256, samples_per_insert=8.0))
+
+
+def tiny() -> ExperimentConfig:
+    """Seconds per run: for tests of wiring, checkpoints and faults, not of sample quality."""
+    return ExperimentConfig(
+        mdp=MDPConfig(horizon=3, num_proposals=4),
+        network=NetworkConfig(proposal_widths=(8, 8, 16, 16), selection_widths=(8, 8, 16), groups=4),
+        acting=ActingConfig(kappa=0.05, goals_per_rollout=8),
+        learning=LearningConfig(proposal_lr=1e-3, selection_lr=1e-3, q_lr=1e-3, proposal_batch=8,
+                                selection_batch=16, q_batch=16),
+        replay=ReplayConfig(gc_capacity=4_000, selection_capacity=4_000, proposal_capacity=1_000,
+                            min_size_to_sample=48, samples_per_insert=4.0))
+
+
+PRESETS = {"paper": paper, "small": small, "tiny": tiny}
+
+
+def preset(name: str | None) -> tuple[str, ExperimentConfig]:
+    """The named preset; with no name, `paper` where a GPU is present and `small` otherwise."""
+    if name is None:
+        name = "paper" if gpu_available() else "small"
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r} (expected one of {', '.join(PRESETS)})")
+    return name, PRESETS[name]()

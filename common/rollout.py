@@ -1,0 +1,97 @@
+"""Trajectories of the two agents (Algorithms 1 and 3) and the unfolded proposal network.
+
+All functions run a whole batch of goals (or samples) at once: one forward pass per network per
+step, whatever the batch size. They take the networks as arguments and never touch replay or Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from common.mdp import goal_loss, transition
+from common.networks import ProposalUNet, SelectionNet, VAgent
+
+
+@dataclass
+class Trajectories:
+    """A batch of B episodes: what Algorithm 1 records in the three replay memories."""
+
+    states: torch.Tensor  # [B, H+1, C, H, W]: x_1 .. x_{H+1}
+    selections: torch.Tensor  # [B, H] long: a_1 .. a_H
+    final_loss: torch.Tensor  # [B]: loss of the last step (the loss of every other step is 0)
+
+
+def goal_conditioned_selection(q_values: torch.Tensor, selection_logits: torch.Tensor, kappa: float) -> torch.Tensor:
+    """Algorithm 1 line 4 with the exploration malus: argmin_a Q_a + kappa * log S-select(a).
+
+    q_values, selection_logits: [B, A] -> selections [B]. A rarely chosen selection has a very
+    negative log-probability, so the malus pulls the argmin towards it (section 3.2, Exploration).
+    """
+    if kappa == 0:
+        return q_values.argmin(dim=1)
+    return (q_values + kappa * torch.log_softmax(selection_logits, dim=1)).argmin(dim=1)
+
+
+def _step_index(h: int, batch: int, device) -> torch.Tensor:
+    return torch.full((batch,), h, dtype=torch.long, device=device)
+
+
+def goal_conditioned_rollout(agent: VAgent, x1: torch.Tensor, goals: torch.Tensor, rates: torch.Tensor,
+                             kappa: float, sigma: float) -> Trajectories:
+    """Algorithm 1 for B goals at once: the GC-agent picks, S-prop-net proposes, eq. (5) steps.
+
+    x1 [C, H, W], goals [B, C, H, W], rates [H]. Call under torch.inference_mode() when acting.
+    """
+    batch = goals.shape[0]
+    state = x1.unsqueeze(0).expand(batch, *x1.shape).contiguous()
+    states, selections = [state], []
+    for h in range(rates.shape[0]):
+        step = _step_index(h, batch, goals.device)
+        q_values = agent.goal_q(state, step, goals)
+        logits = agent.selection(state, step) if kappa else q_values
+        selection = goal_conditioned_selection(q_values, logits, kappa)
+        state = transition(state, agent.proposal(state, step, selection), rates[h])
+        states.append(state)
+        selections.append(selection)
+    return Trajectories(torch.stack(states, dim=1), torch.stack(selections, dim=1), goal_loss(state, goals, sigma))
+
+
+def greedy_reconstruction(agent: VAgent, x1: torch.Tensor, goals: torch.Tensor, rates: torch.Tensor) -> Trajectories:
+    """The GC-agent's reconstruction of its goals: Algorithm 1 without the exploration malus."""
+    return goal_conditioned_rollout(agent, x1, goals, rates, kappa=0.0, sigma=1.0)
+
+
+def s_agent_sample(proposal: ProposalUNet, selection: SelectionNet, x1: torch.Tensor, num_samples: int,
+                   rates: torch.Tensor, generator: torch.Generator | None = None) -> Trajectories:
+    """Algorithm 3: the goal-agnostic S-agent generates; sampling a_h is the only randomness.
+
+    Returns whole trajectories (x_{H+1} is states[:, -1]); final_loss is NaN as there is no goal.
+    """
+    state = x1.unsqueeze(0).expand(num_samples, *x1.shape).contiguous()
+    states, selections = [state], []
+    for h in range(rates.shape[0]):
+        step = _step_index(h, num_samples, x1.device)
+        probs = torch.softmax(selection(state, step), dim=1)
+        chosen = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        state = transition(state, proposal(state, step, chosen), rates[h])
+        states.append(state)
+        selections.append(chosen)
+    nan = torch.full((num_samples,), float("nan"), device=x1.device)
+    return Trajectories(torch.stack(states, dim=1), torch.stack(selections, dim=1), nan)
+
+
+def unfold_proposals(proposal: ProposalUNet, x1: torch.Tensor, selections: torch.Tensor,
+                     rates: torch.Tensor) -> torch.Tensor:
+    """S-prop-net_{theta,U}(a_1..a_H) = x_{H+1}: the final state as a differentiable function of theta.
+
+    x1 [C, H, W], selections [B, H] long, rates [H] -> x_{H+1} [B, C, H, W]. Gradients flow through
+    every step, since each x_h feeds the proposal of step h.
+    """
+    batch = selections.shape[0]
+    state = x1.unsqueeze(0).expand(batch, *x1.shape)
+    for h in range(selections.shape[1]):
+        step = _step_index(h, batch, selections.device)
+        state = transition(state, proposal(state, step, selections[:, h]), rates[h])
+    return state

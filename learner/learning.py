@@ -1,0 +1,140 @@
+"""Algorithm 2 as a plain class: the Q, selection and unfolded-proposal updates and the Polyak target.
+
+The learner owns the networks, their optimisers and the target Q-network. It knows nothing of where
+its batches come from (one in-process replay, or Ray shards), which is what lets the single-process
+reference and the distributed runtime share every line of the method.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from buffers.tables import ReplaySample, SampleRequest
+from common.config import LearningConfig, MDPConfig
+from common.data import to_unit_range
+from common.losses import (double_dqn_target, polyak_update, q_regression_loss, selection_cross_entropy,
+                           unfolded_proposal_loss)
+from common.mdp import step_rates
+from common.networks import VAgent
+from common.rollout import unfold_proposals
+
+UPDATE_KINDS = ("proposal", "selection", "q")
+
+
+@dataclass
+class UpdateCounts:
+    """How many learner steps ran and how many updates of each kind they made."""
+
+    steps: int = 0
+    proposal: int = 0
+    selection: int = 0
+    q: int = 0
+
+
+def _tensor(array: np.ndarray, device, dtype=None) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype, non_blocking=True)
+
+
+class Learner:
+    """One step = the updates of Algorithm 2 that are due, each from its own replay batch."""
+
+    def __init__(self, agent: VAgent, mdp: MDPConfig, learning: LearningConfig, goal_images: torch.Tensor,
+                 x1: torch.Tensor, device: torch.device):
+        self.mdp, self.learning, self.device = mdp, learning, device
+        self.agent = agent.to(device)
+        self.target_q = copy.deepcopy(self.agent.goal_q).requires_grad_(False)
+        self.optimizers = {
+            "proposal": torch.optim.Adam(self.agent.proposal.parameters(), lr=learning.proposal_lr),
+            "selection": torch.optim.Adam(self.agent.selection.parameters(), lr=learning.selection_lr),
+            "q": torch.optim.Adam(self.agent.goal_q.parameters(), lr=learning.q_lr)}
+        self.goal_images = goal_images.to(device)  # [N, C, H, W] uint8: goals are looked up by index
+        self.x1 = x1.to(device)
+        self.rates = step_rates(mdp, device)
+        self.counts = UpdateCounts()
+
+    def next_request(self) -> SampleRequest:
+        """Batch sizes the next step needs: 0 for an update that is not due (Algorithm 2's 'if')."""
+        step, cfg = self.counts.steps, self.learning
+        due = lambda every, batch: batch if step % every == 0 else 0  # noqa: E731
+        return SampleRequest(due(cfg.q_every, cfg.q_batch), due(cfg.selection_every, cfg.selection_batch),
+                             due(cfg.proposal_every, cfg.proposal_batch))
+
+    def step(self, sample: ReplaySample) -> dict[str, float]:
+        """Run the updates whose batches are present; returns their losses by kind."""
+        losses = {}
+        if sample.proposal_sequences is not None:
+            losses["proposal"] = self.update_proposal(sample.proposal_sequences)
+        if sample.selections is not None:
+            losses["selection"] = self.update_selection(sample.selections)
+        if sample.gc_transitions is not None:
+            losses["q"] = self.update_q(sample.gc_transitions)
+        self.counts.steps += 1
+        return losses
+
+    def _goals(self, goal_index: np.ndarray) -> torch.Tensor:
+        return to_unit_range(self.goal_images[_tensor(goal_index, self.device, torch.long)])
+
+    def _apply(self, kind: str, loss: torch.Tensor, module: nn.Module) -> float:
+        optimizer = self.optimizers[kind]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(module.parameters(), self.learning.max_grad_norm)
+        optimizer.step()
+        setattr(self.counts, kind, getattr(self.counts, kind) + 1)
+        return float(loss.detach())
+
+    def update_proposal(self, batch: dict[str, np.ndarray]) -> float:
+        """Algorithm 2 lines 1-4: MSE of the unfolded network's final state against the goal."""
+        selections = _tensor(batch["selections"], self.device, torch.long)  # [B, H]
+        final = unfold_proposals(self.agent.proposal, self.x1, selections, self.rates)
+        loss = unfolded_proposal_loss(final, self._goals(batch["goal_index"]))
+        return self._apply("proposal", loss, self.agent.proposal)
+
+    def update_selection(self, batch: dict[str, np.ndarray]) -> float:
+        """Algorithm 2 lines 5-8: cross-entropy of S-select-net against the GC-agent's selections."""
+        state = _tensor(batch["state"], self.device)
+        step = _tensor(batch["step"], self.device, torch.long)
+        logits = self.agent.selection(state, step)
+        loss = selection_cross_entropy(logits, _tensor(batch["selection"], self.device, torch.long))
+        return self._apply("selection", loss, self.agent.selection)
+
+    def update_q(self, batch: dict[str, np.ndarray]) -> float:
+        """Algorithm 2 lines 9-17: Double-DQN regression, then the Polyak target when due."""
+        state, next_state = _tensor(batch["state"], self.device), _tensor(batch["next_state"], self.device)
+        step = _tensor(batch["step"], self.device, torch.long)
+        goal = self._goals(batch["goal_index"])
+        is_last = step == self.mdp.horizon - 1
+        next_step = torch.clamp(step + 1, max=self.mdp.horizon - 1)  # rows at h = H are masked anyway
+        with torch.no_grad():
+            target = double_dqn_target(self.agent.goal_q(next_state, next_step, goal),
+                                       self.target_q(next_state, next_step, goal),
+                                       _tensor(batch["loss"], self.device), is_last)
+        q_values = self.agent.goal_q(state, step, goal)
+        value = self._apply("q", q_regression_loss(q_values, _tensor(batch["selection"], self.device, torch.long),
+                                                  target), self.agent.goal_q)
+        if self.counts.q % self.learning.target_every == 0:
+            polyak_update(self.target_q, self.agent.goal_q, self.learning.rho)
+        return value
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """The agent's weights as CPU numpy arrays, what rollout actors load (the target stays here)."""
+        return {k: v.detach().cpu().numpy() for k, v in self.agent.state_dict().items()}
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue learning exactly: networks, target, optimisers, counters."""
+        return {"agent": self.agent.state_dict(), "target_q": self.target_q.state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "counts": vars(self.counts).copy()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Inverse of state_dict (tensors are moved to this learner's device)."""
+        self.agent.load_state_dict(state["agent"])
+        self.target_q.load_state_dict(state["target_q"])
+        for kind, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][kind])
+        self.counts = UpdateCounts(**state["counts"])

@@ -52,12 +52,15 @@ class ReplayMemory:
         """`count` items drawn uniformly with replacement: column -> [count, *shape]."""
         if self.size == 0:
             raise RuntimeError(f"cannot sample from empty replay memory {self.name!r}")
-        slots = rng.integers(0, self.size, size=count)
+        ages = rng.integers(0, self.size, size=count)  # drawn by age, so a restored copy draws the same items
+        slots = (self._oldest_slot() + ages) % self.capacity
         return {key: column[slots] for key, column in self._data.items()}
 
+    def _oldest_slot(self) -> int:
+        return self._next if self.size == self.capacity else 0
+
     def _oldest_first(self) -> np.ndarray:
-        start = self._next if self.size == self.capacity else 0
-        return (start + np.arange(self.size)) % self.capacity
+        return (self._oldest_slot() + np.arange(self.size)) % self.capacity
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The held items, oldest first, for a checkpoint (its capacity may differ on restore)."""

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import msgpack
 import numpy as np
 
 from common.errors import MessageError
 
 FORMAT_VERSION = 1
+MAX_DIMS = 8
 ALLOWED_DTYPES = ("float32", "float16", "int64", "int32", "int16", "uint8", "bool")
 
 
@@ -48,20 +51,25 @@ def unpack_arrays(payload: bytes, kind: str) -> tuple[dict[str, np.ndarray], dic
     return {name: _decode_array(kind, name, field) for name, field in arrays.items()}, message["meta"]
 
 
+def _is_dim(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _decode_array(kind: str, name: str, field) -> np.ndarray:
     if not isinstance(field, dict) or set(field) != {"dtype", "shape", "data"}:
         raise MessageError(f"{kind} message: array {name!r} must have exactly dtype, shape and data")
     dtype, shape, data = field["dtype"], field["shape"], field["data"]
     if dtype not in ALLOWED_DTYPES:
         raise MessageError(f"{kind} message: array {name!r} has dtype {dtype!r}, expected one of {ALLOWED_DTYPES}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise MessageError(f"{kind} message: array {name!r} has shape {shape!r}, expected non-negative ints")
+    if not isinstance(shape, list) or not all(_is_dim(d) for d in shape) or len(shape) > MAX_DIMS:
+        raise MessageError(f"{kind} message: array {name!r} has shape {shape!r}, "
+                           f"expected at most {MAX_DIMS} non-negative ints")
     if not isinstance(data, bytes):
         raise MessageError(f"{kind} message: array {name!r} data must be bytes")
-    itemsize = np.dtype(dtype).itemsize
-    if len(data) != int(np.prod(shape, dtype=np.int64)) * itemsize:
+    expected = math.prod(shape) * np.dtype(dtype).itemsize  # Python ints: no overflow on huge shapes
+    if len(data) != expected:
         raise MessageError(f"{kind} message: array {name!r} has {len(data)} bytes, expected "
-                           f"{int(np.prod(shape)) * itemsize} for shape {shape} of {dtype}")
+                           f"{expected} for shape {shape} of {dtype}")
     return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
@@ -112,6 +120,9 @@ class TrajectoryBatch:
 
     def check(self, spec: TrajectorySpec) -> None:
         """Shapes, dtypes, index ranges and finiteness, each refusal naming the field and the bound."""
+        if self.goal_indices.ndim != 1:
+            raise MessageError(f"trajectories message: goal_indices has shape {list(self.goal_indices.shape)}, "
+                               "expected one index per episode [B]")
         b, h = len(self), spec.horizon
         _expect(self.states, "states", (b, h + 1) + tuple(spec.image_shape), "float32")
         _expect(self.selections, "selections", (b, h), "int16")

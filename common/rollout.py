@@ -58,9 +58,10 @@ def goal_conditioned_rollout(agent: VAgent, x1: torch.Tensor, goals: torch.Tenso
     return Trajectories(torch.stack(states, dim=1), torch.stack(selections, dim=1), goal_loss(state, goals, sigma))
 
 
-def greedy_reconstruction(agent: VAgent, x1: torch.Tensor, goals: torch.Tensor, rates: torch.Tensor) -> Trajectories:
+def greedy_reconstruction(agent: VAgent, x1: torch.Tensor, goals: torch.Tensor, rates: torch.Tensor,
+                          sigma: float) -> Trajectories:
     """The GC-agent's reconstruction of its goals: Algorithm 1 without the exploration malus."""
-    return goal_conditioned_rollout(agent, x1, goals, rates, kappa=0.0, sigma=1.0)
+    return goal_conditioned_rollout(agent, x1, goals, rates, kappa=0.0, sigma=sigma)
 
 
 def s_agent_sample(proposal: ProposalUNet, selection: SelectionNet, x1: torch.Tensor, num_samples: int,

@@ -1,0 +1,121 @@
+import pytest
+import torch
+
+from common.config import MDPConfig, NetworkConfig
+from common.networks import GoalQNet, ProposalUNet, SelectionNet, VAgent
+
+MDP = MDPConfig(horizon=3, num_proposals=4)
+NET = NetworkConfig(proposal_widths=(8, 8, 16, 16), selection_widths=(8, 8, 16), groups=4)
+SHAPES = [(1, 28, 28), (3, 32, 32), (2, 30, 22)]
+
+
+def _inputs(shape, batch=2, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    state = torch.randn((batch,) + shape, generator=gen)
+    goal = torch.randn((batch,) + shape, generator=gen)
+    step = torch.tensor([0, 2][:batch])
+    selection = torch.tensor([3, 1][:batch])
+    return state, step, selection, goal
+
+
+def _all_params_get_grad(module, loss):
+    loss.backward()
+    for name, param in module.named_parameters():
+        assert param.grad is not None, name
+        assert param.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_proposal_shape(shape):
+    torch.manual_seed(0)
+    state, step, selection, _ = _inputs(shape)
+    assert ProposalUNet(shape, MDP, NET)(state, step, selection).shape == (2,) + shape
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_selection_shape(shape):
+    torch.manual_seed(0)
+    state, step, _, _ = _inputs(shape)
+    assert SelectionNet(shape, MDP, NET)(state, step).shape == (2, 4)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_goal_q_shape(shape):
+    torch.manual_seed(0)
+    state, step, _, goal = _inputs(shape)
+    assert GoalQNet(shape, MDP, NET)(state, step, goal).shape == (2, 4)
+
+
+def test_vagent_holds_the_three_networks():
+    agent = VAgent((1, 28, 28), MDP, NET)
+    state, step, selection, goal = _inputs((1, 28, 28))
+    assert agent.proposal(state, step, selection).shape == (2, 1, 28, 28)
+    assert agent.selection(state, step).shape == (2, 4)
+    assert agent.goal_q(state, step, goal).shape == (2, 4)
+    assert agent.image_shape == (1, 28, 28)
+
+
+def test_proposal_embedding_has_h_times_a_rows():
+    assert ProposalUNet((1, 28, 28), MDP, NET).embedding.table.num_embeddings == 12
+
+
+def test_proposal_depends_on_selection():
+    torch.manual_seed(0)
+    net = ProposalUNet((1, 28, 28), MDP, NET)
+    state = torch.randn(1, 1, 28, 28).expand(4, 1, 28, 28)
+    out = net(state, torch.ones(4, dtype=torch.long), torch.arange(4))
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not torch.allclose(out[i], out[j])
+
+
+def test_proposal_depends_on_step():
+    torch.manual_seed(0)
+    net = ProposalUNet((1, 28, 28), MDP, NET)
+    state = torch.randn(1, 1, 28, 28).expand(3, 1, 28, 28)
+    out = net(state, torch.arange(3), torch.full((3,), 2))
+    assert not torch.allclose(out[0], out[1]) and not torch.allclose(out[1], out[2])
+
+
+def test_proposal_uses_index_a_times_h_plus_a():
+    torch.manual_seed(0)
+    net = ProposalUNet((1, 28, 28), MDP, NET)
+    with torch.no_grad():
+        net.embedding.table.weight.zero_()
+        net.embedding.table.weight[1 * 4 + 2] = 1.0  # only (h=1, a=2) has a non-zero embedding
+    state = torch.zeros(3, 1, 28, 28)
+    out = net(state, torch.tensor([1, 2, 0]), torch.tensor([2, 1, 2]))
+    assert torch.allclose(out[1], out[2]) and not torch.allclose(out[0], out[1])
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (2, 30, 22)])
+def test_proposal_gradients_reach_all_parameters(shape):
+    torch.manual_seed(0)
+    net = ProposalUNet(shape, MDP, NET)
+    state, step, selection, _ = _inputs(shape)
+    _all_params_get_grad(net, net(state, step, selection).pow(2).mean())
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (2, 30, 22)])
+def test_selection_gradients_reach_all_parameters(shape):
+    torch.manual_seed(0)
+    net = SelectionNet(shape, MDP, NET)
+    state, step, _, _ = _inputs(shape)
+    logits = net(state, step)
+    _all_params_get_grad(net, torch.nn.functional.cross_entropy(logits, torch.tensor([1, 3])))
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (2, 30, 22)])
+def test_goal_q_gradients_reach_all_parameters(shape):
+    torch.manual_seed(0)
+    net = GoalQNet(shape, MDP, NET)
+    state, step, _, goal = _inputs(shape)
+    q = net(state, step, goal)
+    _all_params_get_grad(net, (q * torch.tensor([[1.0, -2.0, 0.5, 3.0], [0.3, 1.0, -1.0, 2.0]])).sum())
+
+
+def test_goal_q_depends_on_goal():
+    torch.manual_seed(0)
+    net = GoalQNet((1, 28, 28), MDP, NET)
+    state, step, _, goal = _inputs((1, 28, 28), batch=1)
+    assert not torch.allclose(net(state, step, goal), net(state, step, goal + 1.0))

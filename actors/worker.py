@@ -24,7 +24,7 @@ class RolloutWorker:
     def __init__(self, agent: VAgent, mdp: MDPConfig, acting: ActingConfig, goal_images: torch.Tensor,
                  x1: torch.Tensor, device: torch.device, seed: int):
         self.agent, self.mdp, self.acting, self.device = agent, mdp, acting, device
-        self.goal_images = goal_images  # [N, C, H, W] uint8, on the CPU or the device
+        self.goal_images = goal_images  # [N, C, H, W] uint8: a tensor (CPU or device) or a read-only numpy array
         self.x1 = x1.to(device)
         self.rates = step_rates(mdp, device)
         self.rng = np.random.default_rng(seed)
@@ -39,7 +39,7 @@ class RolloutWorker:
     def collect(self, goal_indices: np.ndarray | None = None, weight_lag: int = 0) -> TrajectoryBatch:
         """One batched GC-agent rollout with the exploration malus, as numpy for replay."""
         indices = self.draw_goals() if goal_indices is None else goal_indices
-        goals = to_unit_range(self.goal_images[torch.from_numpy(indices)].to(self.device))
+        goals = to_unit_range(torch.as_tensor(self.goal_images[indices]).to(self.device))  # numpy or torch images
         was_training = self.agent.training
         self.agent.eval()
         episodes = goal_conditioned_rollout(self.agent, self.x1, goals, self.rates, self.acting.kappa,
@@ -51,6 +51,10 @@ class RolloutWorker:
             goal_indices=indices.astype(np.int64),
             final_loss=episodes.final_loss.float().cpu().numpy(),
             weight_version=self.weight_version, weight_lag=weight_lag)
+
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Parameter names and shapes a weights message must match."""
+        return {k: tuple(v.shape) for k, v in self.agent.state_dict().items()}
 
     def load_weights(self, weights: dict[str, np.ndarray], version: int) -> None:
         """Replace the local networks' weights with a published version."""

@@ -9,6 +9,7 @@ renamed, so the newest complete checkpoint is always whole; loading re-checks ev
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -25,6 +26,7 @@ FORMAT = "gcrl-checkpoint"
 FORMAT_VERSION = 1
 NAME = re.compile(r"^update-(\d{9})$")
 LEARNER_FILE = "learner.pt"
+REPLAY_NAME = re.compile(r"^replay-(\d+)\.msgpack$")
 
 
 @dataclass
@@ -33,8 +35,30 @@ class Checkpoint:
 
     path: Path
     manifest: dict  # format, updates, config, dataset fingerprint, files
-    learner_state: dict
+    learner_bytes: bytes  # torch.save of the learner state; decode with learner_state()
     replay_shards: list[bytes]
+
+    def learner_state(self, map_location="cpu") -> dict:
+        """The learner state, read with weights_only=True: tensors and plain containers only."""
+        return decode_learner_state(self.learner_bytes, self.path / LEARNER_FILE, map_location)
+
+
+def encode_learner_state(state: dict) -> bytes:
+    """torch.save to bytes, so the state can travel from a learner process to the checkpoint writer."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def decode_learner_state(data: bytes, where: str | Path, map_location="cpu") -> dict:
+    """Inverse of encode_learner_state; never unpickles anything but tensors and plain containers."""
+    try:
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for bad archives
+        raise CheckpointError(f"{where} cannot be read as a learner state: {exc}".splitlines()[0]) from exc
+    if not isinstance(state, dict) or "learner" not in state:
+        raise CheckpointError(f"{where} is not a gcrl learner state (no 'learner' entry)")
+    return state
 
 
 def _digest(path: Path) -> str:
@@ -52,7 +76,7 @@ def _write_bytes(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def save_checkpoint(directory: str | Path, updates: int, learner_state: dict, replay_shards: list[bytes],
+def save_checkpoint(directory: str | Path, updates: int, learner_bytes: bytes, replay_shards: list[bytes],
                     meta: dict, keep: int = 3) -> Path:
     """Write update-<updates> atomically, then drop all but the newest `keep` complete checkpoints."""
     directory = Path(directory)
@@ -61,7 +85,7 @@ def save_checkpoint(directory: str | Path, updates: int, learner_state: dict, re
     staging = directory / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    torch.save(learner_state, staging / LEARNER_FILE)
+    _write_bytes(staging / LEARNER_FILE, learner_bytes)
     names = [LEARNER_FILE]
     for index, payload in enumerate(replay_shards):
         names.append(f"replay-{index}.msgpack")
@@ -103,18 +127,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return found[-1]
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> Checkpoint:
+def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load and verify a checkpoint; refuses foreign, truncated or altered files with one line."""
     path = resolve_checkpoint(path)
     manifest = _read_manifest(path)
     for name, info in manifest["files"].items():
         _verify_file(path / name, info)
-    try:
-        state = torch.load(path / LEARNER_FILE, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for bad archives
-        raise CheckpointError(f"{path / LEARNER_FILE} cannot be read as a learner state: {exc}".splitlines()[0]) from exc
-    shards = sorted((n for n in manifest["files"] if n.startswith("replay-")), key=lambda n: int(n[7:-8]))
-    return Checkpoint(path, manifest, state, [(path / n).read_bytes() for n in shards])
+    shards = sorted((n for n in manifest["files"] if REPLAY_NAME.match(n)), key=lambda n: int(REPLAY_NAME.match(n)[1]))
+    return Checkpoint(path, manifest, (path / LEARNER_FILE).read_bytes(), [(path / n).read_bytes() for n in shards])
 
 
 def _read_manifest(path: Path) -> dict:
@@ -128,8 +148,12 @@ def _read_manifest(path: Path) -> dict:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format version {manifest.get('format_version')!r}, "
                               f"this code reads version {FORMAT_VERSION}")
-    if not isinstance(manifest.get("files"), dict) or LEARNER_FILE not in manifest["files"]:
+    files = manifest.get("files")
+    if not isinstance(files, dict) or LEARNER_FILE not in files:
         raise CheckpointError(f"{path}/manifest.json lists no {LEARNER_FILE}")
+    for name, info in files.items():
+        if (name != LEARNER_FILE and not REPLAY_NAME.match(name)) or not isinstance(info, dict):
+            raise CheckpointError(f"{path}/manifest.json lists an unexpected file entry {name!r}")
     return manifest
 
 

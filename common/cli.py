@@ -77,11 +77,13 @@ def build_parser(description: str) -> OneLineParser:
 def add_ray_flags(p: argparse.ArgumentParser) -> None:
     """Flags of the distributed runtime (ignored by --runtime single-process)."""
     g = p.add_argument_group("ray runtime")
-    g.add_argument("--num-actors", type=int, default=2, help="rollout actors")
+    g.add_argument("--num-actors", type=int, help="rollout actors (default: one per CPU left over)")
     g.add_argument("--num-replay-shards", type=int, default=1, help="replay shard actors")
+    g.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs per rollout actor")
     g.add_argument("--actor-gpus", type=float, default=0.0, help="GPU fraction per rollout actor")
+    g.add_argument("--learner-cpus", type=float, default=1.0, help="CPUs for the learner")
     g.add_argument("--learner-gpus", type=float, help="GPUs for the learner (default: 1 if the cluster has one)")
-    g.add_argument("--metrics-port", type=int, default=8000, help="Prometheus endpoint on the driver (0: off)")
+    g.add_argument("--metrics-port", type=int, default=8000, help="Prometheus endpoint on the driver (0: any free port, -1: off)")
     g.add_argument("--address", help="Ray cluster to join, e.g. auto; default: start Ray locally")
     g.add_argument("--publish-every", type=int, default=20, help="learner steps between weight publications")
 

@@ -154,3 +154,25 @@ def _in_range(array: np.ndarray, name: str, bound: int) -> None:
     if array.size and (array.min() < 0 or array.max() >= bound):
         raise MessageError(f"trajectories message: {name} range [{array.min()}, {array.max()}] "
                            f"outside [0, {bound})")
+
+
+def pack_weights(weights: dict[str, np.ndarray], version: int) -> bytes:
+    """One published version of the agent's weights, as the learner puts it in the object store."""
+    return pack_arrays("weights", {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()},
+                       {"version": int(version)})
+
+
+def unpack_weights(payload: bytes, expected: dict[str, tuple[int, ...]]) -> tuple[dict[str, np.ndarray], int]:
+    """Decode weights and check them against the receiver's own parameter names and shapes."""
+    arrays, meta = unpack_arrays(payload, "weights")
+    if set(arrays) != set(expected):
+        missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
+        raise MessageError(f"weights message does not fit this agent: missing {missing[:3]}, unexpected {extra[:3]}")
+    for name, shape in expected.items():
+        if tuple(arrays[name].shape) != tuple(shape) or arrays[name].dtype.name != "float32":
+            raise MessageError(f"weights message: {name} is {arrays[name].dtype.name}{list(arrays[name].shape)}, "
+                               f"expected float32{list(shape)}")
+    version = meta.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise MessageError(f"weights message version must be an int >= 0, got {version!r}")
+    return arrays, version

@@ -46,6 +46,19 @@ class RunOptions:
             raise ConfigError("--resume needs --checkpoint-dir to find the checkpoint to continue from")
 
 
+@dataclass
+class RunSummary:
+    """What a finished run reports: counters, final smoothed losses, why it stopped, where it saved."""
+
+    updates: int
+    env_steps: int
+    trajectories: int
+    seconds: float
+    losses: dict[str, float]
+    stopped_by: str
+    checkpoint: str | None
+
+
 def build_agent(config: ExperimentConfig, image_shape: tuple[int, int, int], seed: int) -> VAgent:
     """The three networks, seeded so that every runtime starts from the same weights."""
     torch.manual_seed(seed)

@@ -37,7 +37,11 @@ class UpdateCounts:
 
 
 def _tensor(array: np.ndarray, device, dtype=None) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype, non_blocking=True)
+    """numpy batch -> tensor on the learner's device (decoded messages are read-only: copy those)."""
+    array = np.ascontiguousarray(array)
+    if not array.flags.writeable:
+        array = array.copy()
+    return torch.from_numpy(array).to(device=device, dtype=dtype, non_blocking=True)
 
 
 class Learner:
@@ -59,7 +63,11 @@ class Learner:
 
     def next_request(self) -> SampleRequest:
         """Batch sizes the next step needs: 0 for an update that is not due (Algorithm 2's 'if')."""
-        step, cfg = self.counts.steps, self.learning
+        return self.request_for(self.counts.steps)
+
+    def request_for(self, step: int) -> SampleRequest:
+        """The request of any step, so a distributed learner can ask for batches ahead of time."""
+        cfg = self.learning
         due = lambda every, batch: batch if step % every == 0 else 0  # noqa: E731
         return SampleRequest(due(cfg.q_every, cfg.q_batch), due(cfg.selection_every, cfg.selection_batch),
                              due(cfg.proposal_every, cfg.proposal_batch))

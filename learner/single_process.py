@@ -8,34 +8,20 @@ act and when to learn, and the same Learner, RolloutWorker and ReplayTables the 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 
 from actors.worker import RolloutWorker
 from buffers.tables import ReplayTables
-from common.checkpoint import load_checkpoint, save_checkpoint
+from common.checkpoint import encode_learner_state, load_checkpoint, save_checkpoint
 from common.config import ExperimentConfig
 from common.data import GoalSet
 from common.device import resolve_device
 from common.errors import CheckpointError
 from common.progress import LossTracker, ProgressPrinter, Throughput
-from common.run import RunOptions, StopSignal, build_agent, start_state, trajectory_spec
+from common.run import RunOptions, RunSummary, StopSignal, build_agent, start_state, trajectory_spec
 from common.state import checkpoint_meta, check_compatible, rng_state, set_rng_state
 from learner.learning import Learner
-
-
-@dataclass
-class RunSummary:
-    """What a finished run reports: counters, final smoothed losses, why it stopped, where it saved."""
-
-    updates: int
-    env_steps: int
-    trajectories: int
-    seconds: float
-    losses: dict[str, float]
-    stopped_by: str
-    checkpoint: str | None
 
 
 class SingleProcessTrainer:
@@ -107,7 +93,7 @@ class SingleProcessTrainer:
         if self.options.checkpoint_dir is None:
             return None
         meta = checkpoint_meta(self.config, self.goals, self.preset_name, "single-process")
-        path = save_checkpoint(self.options.checkpoint_dir, self.learner.counts.steps, self.state(),
+        path = save_checkpoint(self.options.checkpoint_dir, self.learner.counts.steps, encode_learner_state(self.state()),
                                [self.replay.to_message()], meta, self.options.keep_checkpoints)
         return str(path)
 
@@ -118,7 +104,7 @@ class SingleProcessTrainer:
         if len(checkpoint.replay_shards) != 1:
             raise CheckpointError(f"{checkpoint.path} holds {len(checkpoint.replay_shards)} replay shards; "
                                   "the single-process runtime resumes from exactly 1")
-        state = checkpoint.learner_state
+        state = checkpoint.learner_state()
         try:
             self.learner.load_state_dict(state["learner"])
             self.counters.env_steps = int(state["counters"]["env_steps"])

@@ -1,0 +1,66 @@
+"""The run's notice board: where rollout actors find the newest weights and learn when to stop.
+
+The learner puts each weights version once into the object store and posts its reference here;
+the board keeps only the newest, so older versions are freed as soon as actors drop theirs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ray
+
+NAMESPACE = "gcrl"
+
+
+@dataclass(frozen=True)
+class RunNames:
+    """Names of one run's actors in the `gcrl` namespace.
+
+    Restartable actors find their peers by name rather than by handles passed to their constructor:
+    Ray cannot guarantee a restart whose constructor arguments live in the object store.
+    """
+
+    run_id: str
+    num_shards: int
+
+    @property
+    def coordinator(self) -> str:
+        return f"gcrl-{self.run_id}-coordinator"
+
+    def shard(self, index: int) -> str:
+        return f"gcrl-{self.run_id}-replay-{index}"
+
+    def rollout(self, index: int) -> str:
+        return f"gcrl-{self.run_id}-rollout-{index}"
+
+    def lookup(self) -> tuple:
+        """(coordinator, [shards]) handles, from inside any process of the run."""
+        coordinator = ray.get_actor(self.coordinator, namespace=NAMESPACE)
+        return coordinator, [ray.get_actor(self.shard(i), namespace=NAMESPACE) for i in range(self.num_shards)]
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class Coordinator:
+    """Holds (version, reference) of the newest weights and the stop flag; no data passes through."""
+
+    def __init__(self, goal_images: list):
+        self.goal_images = goal_images  # [ObjectRef] to the uint8 training images, alive for the whole run
+        self.version = -1
+        self.weights: list = []  # [ObjectRef]: a list, so Ray hands the reference over unresolved
+        self.stopped = False
+
+    def publish(self, version: int, weights: list) -> None:
+        """Replace the posted weights; the previous reference is dropped here."""
+        self.version, self.weights = version, weights
+
+    def latest(self) -> tuple[int, list, bool]:
+        """(version, [reference] or [], stop flag): what an actor polls before each rollout."""
+        return self.version, self.weights, self.stopped
+
+    def goals(self) -> list:
+        """[reference] to the training images: actors fetch them here, so a restarted actor finds them too."""
+        return self.goal_images
+
+    def stop(self) -> None:
+        self.stopped = True

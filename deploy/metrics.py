@@ -1,0 +1,84 @@
+"""Prometheus metrics served by the driver: throughput, replay fill, weight lag, losses.
+
+The driver polls its actors and feeds their counters here. Actors can restart and start counting
+from zero, so counters are advanced by per-incarnation deltas: a restart never makes a counter go
+backwards, and it is itself counted in gcrl_actor_restarts_total.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LAG_BUCKETS = (0, 1, 2, 3, 5, 8, 13, 21, 34, 55, float("inf"))
+
+
+class RunMetrics:
+    """The metric families of one run, on a registry of their own (no global state)."""
+
+    def __init__(self):
+        r = self.registry = CollectorRegistry()
+        self.env_steps = Counter("gcrl_env_steps", "Environment steps simulated by rollout actors", registry=r)
+        self.trajectories = Counter("gcrl_trajectories", "GC-agent episodes generated", registry=r)
+        self.updates = Counter("gcrl_learner_updates", "Learner updates by kind", ["kind"], registry=r)
+        self.replay_size = Gauge("gcrl_replay_size", "Items held", ["shard", "memory"], registry=r)
+        self.replay_inserts = Counter("gcrl_replay_inserts", "GC transitions inserted", ["shard"], registry=r)
+        self.replay_samples = Counter("gcrl_replay_samples", "GC transitions sampled", ["shard"], registry=r)
+        self.weight_version = Gauge("gcrl_weight_version", "Newest published weights version", registry=r)
+        self.weight_lag = Histogram("gcrl_weight_lag", "Versions an actor's weights were behind, per batch",
+                                    buckets=LAG_BUCKETS, registry=r)
+        self.restarts = Counter("gcrl_actor_restarts", "Actor restarts seen by the driver", ["role"], registry=r)
+        self.loss = Gauge("gcrl_loss", "Mean loss of the last training slice", ["kind"], registry=r)
+        self.refused = Counter("gcrl_replay_refused_messages", "Malformed messages refused by shards",
+                               ["shard"], registry=r)
+        self._seen: dict[tuple[str, int], tuple[str, dict]] = {}  # (role, index) -> (incarnation, counters)
+        self._learner: dict[str, int] = {}
+        self.env_steps_total = self.trajectories_total = 0  # plain copies for the progress line
+        self.gc_fill: dict[str, int] = {}
+        self.latest_version = -1
+
+    def serve(self, port: int, address: str = "0.0.0.0") -> int:
+        """Start the HTTP endpoint (port 0 picks a free one); returns the port."""
+        server, _thread = start_http_server(port, addr=address, registry=self.registry)
+        return server.server_port
+
+    def _deltas(self, role: str, stats: dict, keys: tuple[str, ...]) -> dict[str, int]:
+        """Growth of each counter since the last reading of this actor, across restarts."""
+        key = (role, stats["index"])
+        incarnation, before = self._seen.get(key, (None, {}))
+        if incarnation is not None and incarnation != stats["incarnation"]:
+            self.restarts.labels(role=role).inc()
+            before = {}
+        self._seen[key] = (stats["incarnation"], {k: stats[k] for k in keys})
+        return {k: max(0, stats[k] - before.get(k, 0)) for k in keys}
+
+    def record_rollout(self, stats: dict) -> None:
+        delta = self._deltas("rollout", stats, ("env_steps", "trajectories"))
+        self.env_steps.inc(delta["env_steps"])
+        self.trajectories.inc(delta["trajectories"])
+        self.env_steps_total += delta["env_steps"]
+        self.trajectories_total += delta["trajectories"]
+        for lag in stats["lags"]:
+            self.weight_lag.observe(lag)
+
+    def record_shard(self, stats: dict) -> None:
+        delta = self._deltas("replay", stats, ("inserts", "samples", "refused_messages"))
+        shard = str(stats["index"])
+        self.replay_inserts.labels(shard=shard).inc(delta["inserts"])
+        self.replay_samples.labels(shard=shard).inc(delta["samples"])
+        self.refused.labels(shard=shard).inc(delta["refused_messages"])
+        for memory, size in stats["sizes"].items():
+            self.replay_size.labels(shard=shard, memory=memory).set(size)
+        self.gc_fill[shard] = stats["sizes"]["gc_transitions"]
+
+    def learner_baseline(self, updates: dict[str, int]) -> None:
+        """Updates done before this process started (a resumed run), so they are not counted again."""
+        self._learner = dict(updates)
+
+    def record_learner(self, stats: dict) -> None:
+        for kind, total in stats["updates"].items():
+            self.updates.labels(kind=kind).inc(max(0, total - self._learner.get(kind, 0)))
+            self._learner[kind] = total
+        for kind, value in stats["losses"].items():
+            self.loss.labels(kind=kind).set(value)
+        self.weight_version.set(stats["weight_version"])
+        self.latest_version = stats["weight_version"]

@@ -17,7 +17,7 @@ import ray
 
 from actors.rollout_actor import ActorSettings, RolloutActor
 from buffers.shard import ReplayShard
-from common.checkpoint import decode_learner_state, load_checkpoint, save_checkpoint
+from common.checkpoint import Checkpoint, decode_learner_state, load_checkpoint, save_checkpoint
 from common.cli import TrainCommand
 from common.config import check_non_negative, check_positive, check_positive_int
 from common.data import GoalSet
@@ -78,14 +78,29 @@ def resolve_placement(args, cluster: dict) -> Placement:
 def run_distributed(command: TrainCommand, goals: GoalSet) -> RunSummary:
     """Entry point of `--runtime ray`: connect, build, train, save, disconnect."""
     args = command.args
+    checkpoint = load_resume(command, goals)  # a bad checkpoint stops the run before Ray starts
     planned = args.num_actors * args.actor_cpus if args.num_actors else 0
     started = connect(args.address, planned + args.learner_cpus + 0.25 * args.num_replay_shards)
     try:
-        run = DistributedRun(command, goals, resolve_placement(args, ray.cluster_resources()))
+        run = DistributedRun(command, goals, resolve_placement(args, ray.cluster_resources()), checkpoint)
         return run.train()
     finally:
         if started:
             ray.shutdown()
+
+
+def load_resume(command: TrainCommand, goals: GoalSet) -> Checkpoint | None:
+    """The checkpoint --resume continues from, checked against this run's settings, data and shards."""
+    if not command.run.resume:
+        return None
+    checkpoint = load_checkpoint(command.run.checkpoint_dir)
+    check_compatible(checkpoint.manifest, command.config, goals)
+    if len(checkpoint.replay_shards) != command.args.num_replay_shards:
+        raise CheckpointError(f"{checkpoint.path} holds {len(checkpoint.replay_shards)} replay shards; resume "
+                              f"with --num-replay-shards {len(checkpoint.replay_shards)}")
+    decode_learner_state(checkpoint.learner_bytes, checkpoint.path)  # refuse a damaged state before Ray starts
+    print(f"resuming from {checkpoint.path} at update {checkpoint.manifest['updates']}", flush=True)
+    return checkpoint
 
 
 def unwrap(exc: Exception) -> Exception:
@@ -97,12 +112,15 @@ def unwrap(exc: Exception) -> Exception:
 class DistributedRun:
     """One training run on Ray: its actors, metrics and counters."""
 
-    def __init__(self, command: TrainCommand, goals: GoalSet, placement: Placement):
+    def __init__(self, command: TrainCommand, goals: GoalSet, placement: Placement, checkpoint: Checkpoint | None = None):
         self.command, self.goals, self.placement = command, goals, placement
         self.config, self.options = command.config, command.run
         self.metrics, self.losses, self.counters = RunMetrics(), LossTracker(), Throughput()
         self.metrics_port = self.metrics.serve(command.args.metrics_port) if command.args.metrics_port >= 0 else None
-        checkpoint = self._load_resume()
+        if checkpoint is not None:
+            counters = decode_learner_state(checkpoint.learner_bytes, checkpoint.path).get("counters", {})
+            self.counters.env_steps = int(counters.get("env_steps", 0))
+            self.counters.trajectories = int(counters.get("trajectories", 0))
         self.names = RunNames(uuid.uuid4().hex[:8], placement.num_shards)
         images = ray.put(goals.images.numpy())
         self.coordinator = Coordinator.options(name=self.names.coordinator).remote([images])
@@ -138,20 +156,6 @@ class DistributedRun:
                                     scheduling_strategy="SPREAD").remote(
             index, cfg.mdp, cfg.network, cfg.acting, x1, self.names, settings)
 
-    def _load_resume(self):
-        if not self.options.resume:
-            return None
-        checkpoint = load_checkpoint(self.options.checkpoint_dir)
-        check_compatible(checkpoint.manifest, self.config, self.goals)
-        if len(checkpoint.replay_shards) != self.placement.num_shards:
-            raise CheckpointError(f"{checkpoint.path} holds {len(checkpoint.replay_shards)} replay shards; resume "
-                                  f"with --num-replay-shards {len(checkpoint.replay_shards)}")
-        counters = decode_learner_state(checkpoint.learner_bytes, checkpoint.path).get("counters", {})
-        self.counters.env_steps = int(counters.get("env_steps", 0))
-        self.counters.trajectories = int(counters.get("trajectories", 0))
-        print(f"resuming from {checkpoint.path} at update {checkpoint.manifest['updates']}", flush=True)
-        return checkpoint
-
     def _restore_shards(self, payloads: list[bytes]) -> None:
         try:
             sizes = ray.get([s.restore.remote(p) for s, p in zip(self.shards, payloads)])
@@ -166,7 +170,7 @@ class DistributedRun:
         next_save, steps, reason = started + opts.checkpoint_every, 0, "total-updates"
         with StopSignal() as stop:
             while True:
-                steps = self._learn_slice()
+                steps = self.learn_slice()
                 self.poll()
                 if steps >= opts.total_updates or stop or (opts.time_limit and time.monotonic() - started >= opts.time_limit):
                     reason = "total-updates" if steps >= opts.total_updates else (stop.received or "time-limit")
@@ -180,7 +184,8 @@ class DistributedRun:
         return RunSummary(steps, self.counters.env_steps, self.counters.trajectories, time.monotonic() - started,
                           dict(self.losses.values), reason, path)
 
-    def _learn_slice(self) -> int:
+    def learn_slice(self) -> int:
+        """About a second of learner steps; returns the learner's total step count."""
         stats = ray.get(self.learner.train.remote(SLICE_SECONDS, self.options.total_updates))
         self.metrics.record_learner(stats)
         self.losses.update(stats["losses"])

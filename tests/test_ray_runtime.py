@@ -1,0 +1,96 @@
+"""The distributed runtime as a user runs it: launch.py with a local Ray on 2 CPUs, tiny preset.
+
+Metrics are read over HTTP from --metrics-port while the run is going; stopping uses real signals.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+
+import pytest
+import torch
+
+from buffers.tables import ReplayTables
+from common.checkpoint import complete_checkpoints, load_checkpoint
+from common.config import ExperimentConfig
+from common.messages import TrajectorySpec
+from tests.helpers import free_port, metric, run_launch, scrape, start_launch, stop_process, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_args(data_dir, *extra) -> list[str]:
+    return ["--preset", "tiny", "--data-dir", str(data_dir), "--num-goals", "512", "--num-actors", "2",
+            "--progress-every", "2", *extra]
+
+
+def test_run_trains_and_metrics_show_throughput(data_dir, tmp_path):
+    port = free_port()
+    process = start_launch(tiny_args(data_dir, "--metrics-port", str(port), "--total-updates", "100000"),
+                           tmp_path / "log.txt")
+    try:
+        first = wait_for(lambda: _with_losses(scrape(port)), 120, what="first losses on the metrics endpoint")
+        wait_for(lambda: metric(scrape(port), "gcrl_learner_updates_total", kind="proposal") >= 300, 180,
+                 what="300 proposal updates")
+        last = scrape(port)
+    finally:
+        code = stop_process(process, signal.SIGTERM)
+    log = (tmp_path / "log.txt").read_text()
+    assert code == 0, log[-3000:]
+    assert metric(last, "gcrl_env_steps_total") > 0 and metric(last, "gcrl_trajectories_total") > 0
+    assert metric(last, "gcrl_learner_updates_total", kind="q") > 0
+    assert metric(last, "gcrl_replay_size", shard=0, memory="gc_transitions") > 0
+    assert metric(last, "gcrl_weight_version") >= 1 and metric(last, "gcrl_weight_lag_count") > 0
+    assert metric(last, "gcrl_loss", kind="proposal") < 0.9 * metric(first, "gcrl_loss", kind="proposal")
+    assert "stopped by SIGTERM" in log
+
+
+def _with_losses(samples: dict) -> dict | None:
+    return samples if metric(samples, "gcrl_loss", kind="proposal") > 0 else None
+
+
+def test_checkpoint_then_resume_restores_updates_and_replay(data_dir, tmp_path):
+    checkpoints = tmp_path / "ckpt"
+    run_launch(tiny_args(data_dir, "--metrics-port", "-1", "--total-updates", "120", "--checkpoint-dir",
+                         str(checkpoints)), tmp_path / "first.txt")
+    saved = load_checkpoint(checkpoints)
+    assert saved.manifest["updates"] == 120 and saved.learner_state()["learner"]["counts"]["steps"] == 120
+    saved_sizes = _replay_sizes(saved)
+    text = run_launch(tiny_args(data_dir, "--metrics-port", "-1", "--total-updates", "200", "--checkpoint-dir",
+                                str(checkpoints), "--resume"), tmp_path / "second.txt")
+    assert f"resuming from {saved.path} at update 120" in text
+    restored = re.search(r"replay restored: shard 0 (\{.*\})", text)
+    assert restored and eval(restored.group(1)) == saved_sizes  # noqa: S307 - our own printed dict of ints
+    final = load_checkpoint(checkpoints)
+    assert final.manifest["updates"] == 200
+    assert final.learner_state()["learner"]["counts"]["steps"] == 200
+    assert [p.name for p in complete_checkpoints(checkpoints)] == ["update-000000120", "update-000000200"]
+
+
+def _replay_sizes(checkpoint) -> dict[str, int]:
+    config = ExperimentConfig.from_dict(checkpoint.manifest["config"])
+    dataset = checkpoint.manifest["dataset"]
+    spec = TrajectorySpec(tuple(dataset["image_shape"]), config.mdp.horizon, config.mdp.num_proposals,
+                          dataset["size"])
+    tables = ReplayTables(config.replay, spec, config.learning.q_batch, 1)
+    tables.restore(checkpoint.replay_shards[0])
+    assert tables.gc_transitions.size > 0
+    return tables.sizes()
+
+
+def test_sigint_writes_a_checkpoint_that_resumes(data_dir, tmp_path):
+    checkpoints = tmp_path / "ckpt"
+    port = free_port()
+    process = start_launch(tiny_args(data_dir, "--metrics-port", str(port), "--total-updates", "100000",
+                                     "--checkpoint-dir", str(checkpoints)), tmp_path / "log.txt")
+    try:
+        wait_for(lambda: metric(scrape(port), "gcrl_learner_updates_total", kind="q") >= 50, 180, what="50 updates")
+    finally:
+        code = stop_process(process, signal.SIGINT)
+    assert code == 0, (tmp_path / "log.txt").read_text()[-3000:]
+    saved = load_checkpoint(checkpoints)
+    assert saved.manifest["updates"] >= 50 and saved.manifest["runtime"] == "ray"
+    state = saved.learner_state()
+    assert set(state) >= {"learner", "x1", "counters", "rng", "weight_version"}
+    assert isinstance(state["learner"]["target_q"], dict) and torch.is_tensor(state["x1"])

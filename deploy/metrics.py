@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from common.errors import ConfigError
+
 LAG_BUCKETS = (0, 1, 2, 3, 5, 8, 13, 21, 34, 55, float("inf"))
 
 
@@ -38,7 +40,11 @@ class RunMetrics:
 
     def serve(self, port: int, address: str = "0.0.0.0") -> int:
         """Start the HTTP endpoint (port 0 picks a free one); returns the port."""
-        server, _thread = start_http_server(port, addr=address, registry=self.registry)
+        try:
+            server, _thread = start_http_server(port, addr=address, registry=self.registry)
+        except OSError as exc:
+            raise ConfigError(f"--metrics-port {port} cannot be served ({exc.strerror}); "
+                              "pick another port, 0 for any free one, or -1 for none") from exc
         return server.server_port
 
     def _deltas(self, role: str, stats: dict, keys: tuple[str, ...]) -> dict[str, int]:

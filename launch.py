@@ -11,6 +11,7 @@ package; this file only dispatches and turns bad input into one line on stderr (
 
 from __future__ import annotations
 
+import os
 import sys
 
 from common.errors import UserError
@@ -34,6 +35,8 @@ def train(argv: list[str]) -> int:
 
         summary = SingleProcessTrainer(command.config, goals, command.run, command.preset_name).run()
     else:
+        if not command.args.address:  # a local Ray needs no routable address: keep it on loopback
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         from deploy.driver import run_distributed
 
         summary = run_distributed(command, goals)

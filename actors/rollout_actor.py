@@ -129,7 +129,7 @@ class RolloutActor:
         with self._lock:
             lags, self.lags = self.lags, []
             counters = vars(self.counters).copy()
-        return {"index": self.index, "incarnation": self.incarnation,
+        return {"index": self.index, "incarnation": self.incarnation, "node": ray.get_runtime_context().get_node_id(),
                 "weight_version": self.worker.weight_version, "lags": lags, "error": self.error, **counters}
 
     def stop(self) -> None:

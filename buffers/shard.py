@@ -64,6 +64,7 @@ class ReplayShard:
         """Sizes and counters for the metrics endpoint (inserts and samples counted in GC transitions)."""
         limiter = self.tables.limiter
         return {"index": self.index, "incarnation": self.incarnation, "sizes": self.tables.sizes(),
+                "node": ray.get_runtime_context().get_node_id(),
                 "inserts": limiter.inserts, "samples": limiter.samples, "refused_messages": self.refused_messages}
 
     def save(self) -> bytes:

@@ -72,6 +72,14 @@ class ShardSampler:
         return None if payload is None else ReplaySample.from_message(payload)
 
 
+def learner_device(wanted: str) -> torch.device:
+    """The GPU Ray assigned, or the CPU (with a line saying so) when this process cannot see CUDA."""
+    if wanted == "cuda" and not torch.cuda.is_available():
+        print("learner: a GPU was reserved but torch sees no CUDA device here; learning on the CPU", flush=True)
+        return torch.device("cpu")
+    return torch.device(wanted)
+
+
 @ray.remote(max_restarts=0)
 class LearnerActor:
     """Runs Algorithm 2 against the shards; the GPU when it was given one."""
@@ -81,8 +89,9 @@ class LearnerActor:
         torch.set_num_threads(settings.threads)
         torch.manual_seed(settings.seed)
         agent = VAgent(tuple(goal_images.shape[1:]), mdp, network)
+        self.device = learner_device(settings.device)
         self.learner = Learner(agent, mdp, learning, torch.from_numpy(np.array(goal_images)),
-                               torch.from_numpy(np.array(x1)), torch.device(settings.device))
+                               torch.from_numpy(np.array(x1)), self.device)
         self.settings, self.coordinator, self.version = settings, coordinator, 0
         if state is not None:
             self._load(state)
@@ -122,7 +131,8 @@ class LearnerActor:
     def stats(self, losses: dict | None = None) -> dict:
         c = self.learner.counts
         return {"steps": c.steps, "updates": {k: getattr(c, k) for k in UPDATE_KINDS}, "losses": losses or {},
-                "weight_version": self.version - 1, "sample_failures": self.sampler.failures}
+                "weight_version": self.version - 1, "sample_failures": self.sampler.failures,
+                "node": ray.get_runtime_context().get_node_id(), "device": str(self.device)}
 
     def state_bytes(self, extra: dict) -> bytes:
         """Everything to continue learning, as weights_only-loadable bytes (plus the driver's counters)."""

@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+# Every Ray these tests start (in this process or in launch.py children) binds to 127.0.0.1 only;
+# Ray reads this before its first import, so it is set here, before any test module imports ray.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -67,4 +67,5 @@ class RolloutWorker:
         return numpy_rng_to_text(self.rng)
 
     def set_rng_state(self, state: dict) -> None:
+        """Continue the goal sampler where a checkpoint left it."""
         self.rng.bit_generator.state = numpy_rng_from_text(state)

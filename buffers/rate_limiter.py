@@ -30,6 +30,7 @@ class SampleToInsertRatio:
 
     @property
     def offset(self) -> float:
+        """Where diff sits once min_size items are in and nothing was sampled: the band's centre."""
         return self.samples_per_insert * self.min_size_to_sample
 
     def diff(self) -> float:
@@ -49,7 +50,9 @@ class SampleToInsertRatio:
         return self.diff() - count >= self.offset - self.error_buffer
 
     def record_insert(self, count: int) -> None:
+        """Count items the caller inserted after can_insert allowed it."""
         self.inserts += count
 
     def record_sample(self, count: int) -> None:
+        """Count items the caller drew after can_sample allowed it."""
         self.samples += count

@@ -41,6 +41,7 @@ class ReplaySample:
 
     @classmethod
     def from_message(cls, payload: bytes) -> ReplaySample:
+        """The learner's side of to_message; MessageError on anything malformed."""
         arrays, _ = unpack_arrays(payload, "replay_sample")
         parts = {m: {} for m in MEMORY_NAMES}
         for key, value in arrays.items():
@@ -92,6 +93,7 @@ class ReplayTables:
         self.rng = np.random.default_rng(seed)
 
     def memories(self) -> tuple[ReplayMemory, ReplayMemory, ReplayMemory]:
+        """The three memories in the paper's order, for code that treats them alike."""
         return self.gc_transitions, self.selections, self.proposal_sequences
 
     def can_insert(self, batch_size: int) -> bool:

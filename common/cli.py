@@ -24,6 +24,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line naming it, instead of the whole usage text."""
 
     def error(self, message: str):
+        """Raise instead of printing usage and exiting, so launch.main prints one line."""
         raise ConfigError(f"{message} (see `python launch.py --help`)")
 
 

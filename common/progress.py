@@ -15,6 +15,7 @@ class LossTracker:
     values: dict[str, float] = field(default_factory=dict)
 
     def update(self, losses: dict[str, float]) -> None:
+        """Fold one step's (or one slice's mean) losses into the averages."""
         for kind, value in losses.items():
             old = self.values.get(kind)
             self.values[kind] = value if old is None else self.decay * old + (1 - self.decay) * value
@@ -48,10 +49,12 @@ class ProgressPrinter:
         self.started = time.monotonic()
 
     def maybe_print(self, counters: Throughput, losses: LossTracker, extra: str = "") -> None:
+        """Print only if `every` seconds have passed, so callers can ask on every step."""
         if time.monotonic() >= self._next:
             self.print(counters, losses, extra)
 
     def print(self, counters: Throughput, losses: LossTracker, extra: str = "") -> None:
+        """Print the status line now (the final line of a run, say)."""
         self._next = time.monotonic() + self.every
         env_rate, update_rate = counters.rates()
         loss_text = " ".join(f"{k} {v:.4f}" for k, v in sorted(losses.values.items()))

@@ -49,6 +49,7 @@ def rng_state() -> torch.Tensor:
 
 
 def set_rng_state(state: torch.Tensor) -> None:
+    """Continue torch's CPU random stream where a checkpoint left it."""
     torch.set_rng_state(state)
 
 

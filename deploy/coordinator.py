@@ -26,12 +26,15 @@ class RunNames:
 
     @property
     def coordinator(self) -> str:
+        """Name of the run's notice board."""
         return f"gcrl-{self.run_id}-coordinator"
 
     def shard(self, index: int) -> str:
+        """Name of replay shard `index`."""
         return f"gcrl-{self.run_id}-replay-{index}"
 
     def rollout(self, index: int) -> str:
+        """Name of rollout actor `index` (tests and operators find actors by it)."""
         return f"gcrl-{self.run_id}-rollout-{index}"
 
     def lookup(self) -> tuple:
@@ -63,4 +66,5 @@ class Coordinator:
         return self.goal_images
 
     def stop(self) -> None:
+        """Ask every rollout actor to end its loop after the current rollout."""
         self.stopped = True

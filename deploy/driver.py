@@ -53,6 +53,7 @@ class Placement:
         check_non_negative("--learner-gpus", self.learner_gpus)
 
     def cpus_needed(self) -> float:
+        """Logical CPUs the run asks of the cluster (a local Ray is started with at least this many)."""
         return self.num_actors * self.actor_cpus + self.learner_cpus + self.num_shards * 0.25
 
 

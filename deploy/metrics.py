@@ -58,6 +58,7 @@ class RunMetrics:
         return {k: max(0, stats[k] - before.get(k, 0)) for k in keys}
 
     def record_rollout(self, stats: dict) -> None:
+        """Fold one rollout actor's stats() into throughput counters and the lag histogram."""
         delta = self._deltas("rollout", stats, ("env_steps", "trajectories"))
         self.env_steps.inc(delta["env_steps"])
         self.trajectories.inc(delta["trajectories"])
@@ -67,6 +68,7 @@ class RunMetrics:
             self.weight_lag.observe(lag)
 
     def record_shard(self, stats: dict) -> None:
+        """Fold one replay shard's stats() into sizes and insert/sample counters."""
         delta = self._deltas("replay", stats, ("inserts", "samples", "refused_messages"))
         shard = str(stats["index"])
         self.replay_inserts.labels(shard=shard).inc(delta["inserts"])
@@ -81,6 +83,7 @@ class RunMetrics:
         self._learner = dict(updates)
 
     def record_learner(self, stats: dict) -> None:
+        """Fold the learner's stats() into update counters, loss gauges and the weights version."""
         for kind, total in stats["updates"].items():
             self.updates.labels(kind=kind).inc(max(0, total - self._learner.get(kind, 0)))
             self._learner[kind] = total

@@ -129,6 +129,7 @@ class LearnerActor:
         return self.stats({k: sums[k] / counts[k] for k in counts})
 
     def stats(self, losses: dict | None = None) -> dict:
+        """Counters, the last slice's mean losses, and where the learner runs (node, device)."""
         c = self.learner.counts
         return {"steps": c.steps, "updates": {k: getattr(c, k) for k in UPDATE_KINDS}, "losses": losses or {},
                 "weight_version": self.version - 1, "sample_failures": self.sampler.failures,

@@ -70,6 +70,7 @@ def build_parser(description: str) -> OneLineParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="learner device")
+    p.add_argument("--threads", type=int, help="torch CPU threads of the single-process trainer (default: torch's)")
     p.add_argument("--progress-every", type=float, default=RunOptions.progress_every, help="seconds")
     add_ray_flags(p)
     return p
@@ -140,5 +141,5 @@ def parse_train(argv: list[str], description: str) -> TrainCommand:
     run = RunOptions(total_updates=args.total_updates, time_limit=args.time_limit,
                      checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
                      keep_checkpoints=args.keep_checkpoints, resume=args.resume, seed=args.seed,
-                     device=args.device, progress_every=args.progress_every)
+                     device=args.device, progress_every=args.progress_every, threads=args.threads)
     return TrainCommand(args.runtime, name, config, data, run, args)

@@ -23,3 +23,7 @@ class CheckpointError(UserError):
 
 class MessageError(UserError):
     """A message between processes does not decode to what the receiver expects; it is refused whole."""
+
+
+class EvaluationError(UserError):
+    """An evaluation input (Inception network file, codes file, image file) is missing or does not fit."""

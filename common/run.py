@@ -34,6 +34,7 @@ class RunOptions:
     seed: int = 0
     device: str = "auto"
     progress_every: float = 5.0  # seconds between progress lines
+    threads: int | None = None  # torch CPU threads in this process; None keeps torch's default
 
     def __post_init__(self):
         check_positive_int("--total-updates", self.total_updates)
@@ -42,6 +43,8 @@ class RunOptions:
         check_positive("--checkpoint-every", self.checkpoint_every)
         check_positive_int("--keep-checkpoints", self.keep_checkpoints)
         check_positive("--progress-every", self.progress_every)
+        if self.threads is not None:
+            check_positive_int("--threads", self.threads)
         if self.resume and self.checkpoint_dir is None:
             raise ConfigError("--resume needs --checkpoint-dir to find the checkpoint to continue from")
 

@@ -63,7 +63,7 @@ def connect(address: str | None, wanted_cpus: float) -> bool:
         ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
         return False
     cpus = max(os.cpu_count() or 1, int(wanted_cpus + 0.999))  # a laptop may oversubscribe its cores
-    ray.init(num_cpus=cpus, namespace=NAMESPACE, logging_level="WARNING")
+    ray.init(address="local", num_cpus=cpus, namespace=NAMESPACE, logging_level="WARNING")  # never join a stray one
     return True
 
 

@@ -30,6 +30,8 @@ class SingleProcessTrainer:
     def __init__(self, config: ExperimentConfig, goals: GoalSet, options: RunOptions, preset_name: str = "custom"):
         self.config, self.goals, self.options, self.preset_name = config, goals, options, preset_name
         self.device = resolve_device(options.device)
+        if options.threads:
+            torch.set_num_threads(options.threads)
         x1 = start_state(config, goals)
         agent = build_agent(config, goals.image_shape, options.seed)
         self.learner = Learner(agent, config.mdp, config.learning, goals.images, x1, self.device)

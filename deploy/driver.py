@@ -12,6 +12,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 
@@ -30,6 +31,7 @@ from deploy.metrics import RunMetrics
 from learner.actor import LearnerActor, LearnerSettings
 
 SLICE_SECONDS = 1.0  # learning between two polls of the actors
+RAY_START_RECORD = Path("/tmp/ray/ray_current_cluster")  # written by `ray start`, removed by `ray stop`
 ACTOR_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError)
 
 
@@ -58,12 +60,23 @@ class Placement:
 
 
 def connect(address: str | None, wanted_cpus: float) -> bool:
-    """Join the cluster at `address`, or start Ray here; True when this process started it."""
+    """Join a cluster, or start a private Ray here; True when this process started it.
+
+    Without --address: RAY_ADDRESS if set, else the cluster `ray start` recorded on this node (as on a
+    head node after `ray up`, where `ray submit` runs launch.py), else a new local Ray.
+    """
+    address = address or os.environ.get("RAY_ADDRESS") or ("auto" if RAY_START_RECORD.exists() else None)
     if address:
-        ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
+        try:
+            ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
+        except ConnectionError as exc:
+            raise ConfigError(f"cannot reach the Ray cluster at {address!r} ({exc}); start it, run `ray stop` "
+                              "to clear a stale record, or pass --address".splitlines()[0]) from exc
+        print(f"joined the Ray cluster at {address} ({ray.cluster_resources().get('CPU', 0):.0f} CPUs)", flush=True)
         return False
     cpus = max(os.cpu_count() or 1, int(wanted_cpus + 0.999))  # a laptop may oversubscribe its cores
     ray.init(address="local", num_cpus=cpus, namespace=NAMESPACE, logging_level="WARNING")  # never join a stray one
+    print(f"started a local Ray with {cpus} CPUs", flush=True)
     return True
 
 

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=6, namespace=NAMESPACE, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=6, namespace=NAMESPACE, include_dashboard=False, logging_level="ERROR")
     yield
     ray.shutdown()
 

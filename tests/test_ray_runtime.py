@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,3 +97,20 @@ def test_sigint_writes_a_checkpoint_that_resumes(data_dir, tmp_path):
     state = saved.learner_state()
     assert set(state) >= {"learner", "x1", "counters", "rng", "weight_version"}
     assert isinstance(state["learner"]["target_q"], dict) and torch.is_tensor(state["x1"])
+
+
+@pytest.fixture
+def ray_started_cluster(tmp_path):
+    """A head node started with `ray start`, as `ray up` leaves on a cluster's head (loopback only)."""
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    port = free_port()
+    subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=4", "--include-dashboard=false"],
+                   check=True, capture_output=True, timeout=120)
+    yield port
+    subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def test_without_address_a_run_joins_the_cluster_ray_start_made(ray_started_cluster, data_dir, tmp_path):
+    text = run_launch(tiny_args(data_dir, "--metrics-port", "-1", "--total-updates", "30"), tmp_path / "log.txt")
+    assert "joined the Ray cluster at auto" in text and "started a local Ray" not in text
+    assert "done: 30 updates" in text

@@ -3,6 +3,7 @@
 
     python launch.py                                  # Ray, started locally, on MNIST
     python launch.py --runtime single-process         # the one-process reference trainer
+    python launch.py evaluate --checkpoint runs/x     # also: sample, encode, decode (common/eval_cli.py)
     ray submit deploy/cluster.yaml launch.py -- --num-actors 64
 
 `ray submit` copies only this file to the head node, so everything it runs comes from the installed
@@ -17,6 +18,7 @@ import sys
 from common.errors import UserError
 
 DESCRIPTION = __doc__.splitlines()[0]
+EVAL_COMMANDS = ("evaluate", "sample", "encode", "decode")
 
 
 def train(argv: list[str]) -> int:
@@ -30,25 +32,42 @@ def train(argv: list[str]) -> int:
     goals = load_goals(command.data.dataset, command.data.data_dir, "train", command.data.download)
     if command.data.num_goals:
         goals = goals.subset(command.data.num_goals)
+    evaluation = training_evaluation(command, goals)
     if command.runtime == "single-process":
         from learner.single_process import SingleProcessTrainer
 
-        summary = SingleProcessTrainer(command.config, goals, command.run, command.preset_name).run()
+        summary = SingleProcessTrainer(command.config, goals, command.run, command.preset_name, evaluation).run()
     else:
         if not command.args.address:  # a local Ray needs no routable address: keep it on loopback
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         from deploy.driver import run_distributed
 
-        summary = run_distributed(command, goals)
+        summary = run_distributed(command, goals, evaluation)
     print(f"done: {summary.updates} updates, {summary.env_steps} env steps in {summary.seconds:.0f}s "
           f"(stopped by {summary.stopped_by}); checkpoint: {summary.checkpoint or 'none'}", flush=True)
     return 0
+
+
+def training_evaluation(command, goals):
+    """The periodic evaluation (--eval-every), on this process's device (the single-process learner's)."""
+    if command.evaluation.every <= 0:
+        return None
+    from common.device import resolve_device
+    from common.training_eval import TrainingEvaluation
+
+    device = resolve_device(command.run.device if command.runtime == "single-process" else "auto")
+    return TrainingEvaluation(command.evaluation, command.config, goals, command.data.dataset, command.data.data_dir,
+                              command.run.checkpoint_dir, device)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every UserError becomes `error: ...` on one line and status 2."""
     argv = sys.argv[1:] if argv is None else argv
     try:
+        if argv and argv[0] in EVAL_COMMANDS:
+            from common.eval_cli import main as evaluation_main
+
+            return evaluation_main(argv)
         return train(argv)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)

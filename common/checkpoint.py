@@ -127,13 +127,17 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return found[-1]
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Load and verify a checkpoint; refuses foreign, truncated or altered files with one line."""
+def load_checkpoint(path: str | Path, with_replay: bool = True) -> Checkpoint:
+    """Load and verify a checkpoint; refuses foreign, truncated or altered files with one line.
+
+    with_replay=False reads only the learner state (evaluation needs no replay, which can be gigabytes).
+    """
     path = resolve_checkpoint(path)
     manifest = _read_manifest(path)
-    for name, info in manifest["files"].items():
-        _verify_file(path / name, info)
-    shards = sorted((n for n in manifest["files"] if REPLAY_NAME.match(n)), key=lambda n: int(REPLAY_NAME.match(n)[1]))
+    names = [n for n in manifest["files"] if with_replay or n == LEARNER_FILE]
+    for name in names:
+        _verify_file(path / name, manifest["files"][name])
+    shards = sorted((n for n in names if REPLAY_NAME.match(n)), key=lambda n: int(REPLAY_NAME.match(n)[1]))
     return Checkpoint(path, manifest, (path / LEARNER_FILE).read_bytes(), [(path / n).read_bytes() for n in shards])
 
 

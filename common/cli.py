@@ -16,6 +16,7 @@ from common.device import DEVICE_CHOICES
 from common.errors import ConfigError
 from common.presets import PRESETS, preset
 from common.run import RunOptions
+from common.training_eval import EvalOptions
 
 RUNTIMES = ("ray", "single-process")
 
@@ -47,6 +48,7 @@ class TrainCommand:
     config: ExperimentConfig
     data: DataOptions
     run: RunOptions
+    evaluation: EvalOptions
     args: argparse.Namespace  # the raw flags, for runtime-specific options
 
 
@@ -72,6 +74,10 @@ def build_parser(description: str) -> OneLineParser:
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="learner device")
     p.add_argument("--threads", type=int, help="torch CPU threads of the single-process trainer (default: torch's)")
     p.add_argument("--progress-every", type=float, default=RunOptions.progress_every, help="seconds")
+    g = p.add_argument_group("evaluation during training")
+    g.add_argument("--eval-every", type=float, default=EvalOptions.every, help="seconds between evaluations (0: off)")
+    g.add_argument("--eval-test-goals", type=int, default=EvalOptions.test_goals, help="test images reconstructed")
+    g.add_argument("--eval-fid-samples", type=int, help="samples for FID (default: 2000 with a GPU, else 0)")
     add_ray_flags(p)
     return p
 
@@ -142,4 +148,5 @@ def parse_train(argv: list[str], description: str) -> TrainCommand:
                      checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
                      keep_checkpoints=args.keep_checkpoints, resume=args.resume, seed=args.seed,
                      device=args.device, progress_every=args.progress_every, threads=args.threads)
-    return TrainCommand(args.runtime, name, config, data, run, args)
+    evaluation = EvalOptions(args.eval_every, args.eval_test_goals, args.eval_fid_samples)
+    return TrainCommand(args.runtime, name, config, data, run, evaluation, args)

@@ -14,7 +14,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import ray
+import torch
 
 from actors.rollout_actor import ActorSettings, RolloutActor
 from buffers.shard import ReplayShard
@@ -23,9 +25,12 @@ from common.cli import TrainCommand
 from common.config import check_non_negative, check_positive, check_positive_int
 from common.data import GoalSet
 from common.errors import CheckpointError, ConfigError, UserError
+from common.messages import unpack_weights
+from common.networks import VAgent
 from common.progress import LossTracker, ProgressPrinter, Throughput
 from common.run import RunSummary, StopSignal, start_state, trajectory_spec
 from common.state import check_compatible, checkpoint_meta
+from common.training_eval import TrainingEvaluation, describe
 from deploy.coordinator import NAMESPACE, Coordinator, RunNames
 from deploy.metrics import RunMetrics
 from learner.actor import LearnerActor, LearnerSettings
@@ -89,14 +94,14 @@ def resolve_placement(args, cluster: dict) -> Placement:
     return Placement(actors, args.num_replay_shards, args.actor_cpus, args.actor_gpus, args.learner_cpus, learner_gpus)
 
 
-def run_distributed(command: TrainCommand, goals: GoalSet) -> RunSummary:
+def run_distributed(command: TrainCommand, goals: GoalSet, evaluation: TrainingEvaluation | None = None) -> RunSummary:
     """Entry point of `--runtime ray`: connect, build, train, save, disconnect."""
     args = command.args
     checkpoint = load_resume(command, goals)  # a bad checkpoint stops the run before Ray starts
     planned = args.num_actors * args.actor_cpus if args.num_actors else 0
     started = connect(args.address, planned + args.learner_cpus + 0.25 * args.num_replay_shards)
     try:
-        run = DistributedRun(command, goals, resolve_placement(args, ray.cluster_resources()), checkpoint)
+        run = DistributedRun(command, goals, resolve_placement(args, ray.cluster_resources()), checkpoint, evaluation)
         return run.train()
     finally:
         if started:
@@ -126,8 +131,10 @@ def unwrap(exc: Exception) -> Exception:
 class DistributedRun:
     """One training run on Ray: its actors, metrics and counters."""
 
-    def __init__(self, command: TrainCommand, goals: GoalSet, placement: Placement, checkpoint: Checkpoint | None = None):
-        self.command, self.goals, self.placement = command, goals, placement
+    def __init__(self, command: TrainCommand, goals: GoalSet, placement: Placement, checkpoint: Checkpoint | None = None,
+                 evaluation: TrainingEvaluation | None = None):
+        self.command, self.goals, self.placement, self.evaluation = command, goals, placement, evaluation
+        self._eval_agent = None
         self.config, self.options = command.config, command.run
         self.metrics, self.losses, self.counters = RunMetrics(), LossTracker(), Throughput()
         self.metrics_port = self.metrics.serve(command.args.metrics_port) if command.args.metrics_port >= 0 else None
@@ -138,7 +145,8 @@ class DistributedRun:
         self.names = RunNames(uuid.uuid4().hex[:8], placement.num_shards)
         images = ray.put(goals.images.numpy())
         self.coordinator = Coordinator.options(name=self.names.coordinator).remote([images])
-        x1 = start_state(self.config, goals).numpy()
+        self.x1 = start_state(self.config, goals)
+        x1 = self.x1.numpy()
         self.shards = [self._make_shard(i) for i in range(placement.num_shards)]
         self.learner = self._make_learner(images, x1, checkpoint)
         if checkpoint is not None:
@@ -190,6 +198,7 @@ class DistributedRun:
                     reason = "total-updates" if steps >= opts.total_updates else (stop.received or "time-limit")
                     break
                 progress.maybe_print(self.counters, self.losses, self._status())
+                self.maybe_evaluate(steps, progress)
                 if time.monotonic() >= next_save:
                     self.save(steps)
                     next_save = time.monotonic() + opts.checkpoint_every
@@ -205,6 +214,20 @@ class DistributedRun:
         self.losses.update(stats["losses"])
         self.counters.updates = stats["steps"]
         return stats["steps"]
+
+    def maybe_evaluate(self, steps: int, progress: ProgressPrinter) -> dict | None:
+        """When due, evaluate the learner's newest weights here; figures to gauges, progress and run folder."""
+        if self.evaluation is None or not self.evaluation.due():
+            return None
+        if self._eval_agent is None:
+            self._eval_agent = VAgent(self.goals.image_shape, self.config.mdp, self.config.network)
+        shapes = {k: tuple(v.shape) for k, v in self._eval_agent.state_dict().items()}
+        arrays, _ = unpack_weights(ray.get(self.learner.weights.remote()), shapes)
+        self._eval_agent.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+        result = self.evaluation.run(self._eval_agent.to(self.evaluation.device), self.x1, steps)
+        self.metrics.record_evaluation(result, steps)
+        progress.print(self.counters, self.losses, describe(result))
+        return result
 
     def poll(self) -> None:
         """Read every actor's and shard's counters into the metrics; dead ones are skipped this round."""

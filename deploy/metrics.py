@@ -32,6 +32,10 @@ class RunMetrics:
         self.loss = Gauge("gcrl_loss", "Mean loss of the last training slice", ["kind"], registry=r)
         self.refused = Counter("gcrl_replay_refused_messages", "Malformed messages refused by shards",
                                ["shard"], registry=r)
+        self.eval_mse = Gauge("gcrl_eval_reconstruction_mse", "GC-agent reconstruction MSE on the fixed test batch "
+                              "(per pixel, [-1, 1] images)", registry=r)
+        self.eval_fid = Gauge("gcrl_eval_sample_fid", "FID of S-agent samples against the training set", registry=r)
+        self.eval_updates = Gauge("gcrl_eval_updates", "Learner steps at the latest evaluation", registry=r)
         self._seen: dict[tuple[str, int], tuple[str, dict]] = {}  # (role, index) -> (incarnation, counters)
         self._learner: dict[str, int] = {}
         self.env_steps_total = self.trajectories_total = 0  # plain copies for the progress line
@@ -91,3 +95,10 @@ class RunMetrics:
             self.loss.labels(kind=kind).set(value)
         self.weight_version.set(stats["weight_version"])
         self.latest_version = stats["weight_version"]
+
+    def record_evaluation(self, result: dict, updates: int) -> None:
+        """The periodic evaluation's figures (FID only when it was computed)."""
+        self.eval_mse.set(result["reconstruction_mse"])
+        if result.get("sample_fid") is not None:
+            self.eval_fid.set(result["sample_fid"])
+        self.eval_updates.set(updates)

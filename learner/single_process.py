@@ -21,14 +21,17 @@ from common.errors import CheckpointError
 from common.progress import LossTracker, ProgressPrinter, Throughput
 from common.run import RunOptions, RunSummary, StopSignal, build_agent, start_state, trajectory_spec
 from common.state import checkpoint_meta, check_compatible, rng_state, set_rng_state
+from common.training_eval import TrainingEvaluation, describe
 from learner.learning import Learner
 
 
 class SingleProcessTrainer:
     """Acts and learns in turns, as the rate limiter allows, until the update budget or a signal."""
 
-    def __init__(self, config: ExperimentConfig, goals: GoalSet, options: RunOptions, preset_name: str = "custom"):
+    def __init__(self, config: ExperimentConfig, goals: GoalSet, options: RunOptions, preset_name: str = "custom",
+                 evaluation: TrainingEvaluation | None = None):
         self.config, self.goals, self.options, self.preset_name = config, goals, options, preset_name
+        self.evaluation = evaluation
         self.device = resolve_device(options.device)
         if options.threads:
             torch.set_num_threads(options.threads)
@@ -76,6 +79,7 @@ class SingleProcessTrainer:
                 if not self.learn():
                     self.act()
                 progress.maybe_print(self.counters, self.losses)
+                self.maybe_evaluate(progress)
                 if time.monotonic() >= next_save:
                     self.save()
                     next_save = time.monotonic() + opts.checkpoint_every
@@ -83,6 +87,14 @@ class SingleProcessTrainer:
             path = self.save()
         return RunSummary(self.learner.counts.steps, self.counters.env_steps, self.counters.trajectories,
                           time.monotonic() - started, dict(self.losses.values), reason, path)
+
+    def maybe_evaluate(self, progress: ProgressPrinter) -> dict | None:
+        """The periodic evaluation of the current agent, when due; its figures go on a progress line."""
+        if self.evaluation is None or not self.evaluation.due():
+            return None
+        result = self.evaluation.run(self.learner.agent, self.learner.x1, self.learner.counts.steps)
+        progress.print(self.counters, self.losses, describe(result))
+        return result
 
     def state(self) -> dict:
         """Learner, x_1, counters and every random stream: what `save` writes beside the replay."""

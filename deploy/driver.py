@@ -64,13 +64,14 @@ class Placement:
         return self.num_actors * self.actor_cpus + self.learner_cpus + self.num_shards * 0.25
 
 
-def connect(address: str | None, wanted_cpus: float) -> bool:
-    """Join a cluster, or start a private Ray here; True when this process started it.
+def cluster_address(address: str | None) -> str | None:
+    """The cluster to join: --address, else RAY_ADDRESS, else the one `ray start` recorded on this node
+    (as on a head node after `ray up`, where `ray submit` runs launch.py); None means start a local Ray."""
+    return address or os.environ.get("RAY_ADDRESS") or ("auto" if RAY_START_RECORD.exists() else None)
 
-    Without --address: RAY_ADDRESS if set, else the cluster `ray start` recorded on this node (as on a
-    head node after `ray up`, where `ray submit` runs launch.py), else a new local Ray.
-    """
-    address = address or os.environ.get("RAY_ADDRESS") or ("auto" if RAY_START_RECORD.exists() else None)
+
+def connect(address: str | None, wanted_cpus: float) -> bool:
+    """Join the cluster at `address`, or (None) start a private Ray here; True when this process started it."""
     if address:
         try:
             ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
@@ -98,10 +99,16 @@ def run_distributed(command: TrainCommand, goals: GoalSet, evaluation: TrainingE
     """Entry point of `--runtime ray`: connect, build, train, save, disconnect."""
     args = command.args
     checkpoint = load_resume(command, goals)  # a bad checkpoint stops the run before Ray starts
-    planned = args.num_actors * args.actor_cpus if args.num_actors else 0
-    started = connect(args.address, planned + args.learner_cpus + 0.25 * args.num_replay_shards)
+    address = cluster_address(args.address)
+    if address is None:  # a local Ray is sized to the placement, so nothing waits for a CPU it cannot get
+        local = {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}
+        planned = resolve_placement(args, local)
+        started = connect(None, planned.cpus_needed())
+    else:
+        started = connect(address, 0)
     try:
-        run = DistributedRun(command, goals, resolve_placement(args, ray.cluster_resources()), checkpoint, evaluation)
+        placement = resolve_placement(args, ray.cluster_resources())
+        run = DistributedRun(command, goals, placement, checkpoint, evaluation)
         return run.train()
     finally:
         if started:
@@ -232,10 +239,13 @@ class DistributedRun:
     def poll(self) -> None:
         """Read every actor's and shard's counters into the metrics; dead ones are skipped this round."""
         before = self.metrics.env_steps_total, self.metrics.trajectories_total
+        acting = 0
         for stats in self._gather([a.stats.remote() for a in self.actors]):
             if stats["error"]:
                 raise RuntimeError(f"rollout actor {stats['index']} failed:\n{stats['error']}")
             self.metrics.record_rollout(stats)
+            acting += stats["env_steps"] > 0
+        self.metrics.actors_acting = acting
         for stats in self._gather([s.stats.remote() for s in self.shards]):
             self.metrics.record_shard(stats)
         self.counters.env_steps += self.metrics.env_steps_total - before[0]
@@ -253,7 +263,8 @@ class DistributedRun:
         return results
 
     def _status(self) -> str:
-        return f"replay {sum(self.metrics.gc_fill.values())} | weights v{self.metrics.latest_version}"
+        return (f"actors acting {self.metrics.actors_acting}/{self.placement.num_actors} | "
+                f"replay {sum(self.metrics.gc_fill.values())} | weights v{self.metrics.latest_version}")
 
     def save(self, steps: int) -> str | None:
         """A checkpoint of the learner and every shard; skipped (with a line) if a shard is down."""

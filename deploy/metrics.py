@@ -41,6 +41,7 @@ class RunMetrics:
         self.env_steps_total = self.trajectories_total = 0  # plain copies for the progress line
         self.gc_fill: dict[str, int] = {}
         self.latest_version = -1
+        self.actors_acting = 0  # rollout actors that answered the last poll having acted
 
     def serve(self, port: int, address: str = "0.0.0.0") -> int:
         """Start the HTTP endpoint (port 0 picks a free one); returns the port."""

@@ -119,3 +119,10 @@ def test_without_address_a_run_joins_the_cluster_ray_start_made(ray_started_clus
     text = run_launch(tiny_args(data_dir, "--metrics-port", "-1", "--total-updates", "30"), tmp_path / "log.txt")
     assert "joined the Ray cluster at auto" in text and "started a local Ray" not in text
     assert "done: 30 updates" in text
+
+
+def test_default_flags_place_every_process_and_train(data_dir, tmp_path):
+    """No --num-actors: the local Ray must be big enough for the placement the defaults resolve to."""
+    text = run_launch(["--preset", "tiny", "--data-dir", str(data_dir), "--num-goals", "512", "--metrics-port", "-1",
+                       "--total-updates", "40", "--progress-every", "2"], tmp_path / "log.txt", timeout=240)
+    assert "done: 40 updates" in text and "actors acting 0/" not in text.splitlines()[-2]

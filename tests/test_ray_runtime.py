@@ -5,6 +5,7 @@ Metrics are read over HTTP from --metrics-port while the run is going; stopping 
 
 from __future__ import annotations
 
+import ast
 import re
 import signal
 import subprocess
@@ -69,7 +70,7 @@ def test_checkpoint_then_resume_restores_updates_and_replay(data_dir, tmp_path):
                                 str(checkpoints), "--resume"), tmp_path / "second.txt")
     assert f"resuming from {saved.path} at update 120" in text
     restored = re.search(r"replay restored: shard 0 (\{.*\})", text)
-    assert restored and eval(restored.group(1)) == saved_sizes  # noqa: S307 - our own printed dict of ints
+    assert restored and ast.literal_eval(restored.group(1)) == saved_sizes
     final = load_checkpoint(checkpoints)
     assert final.manifest["updates"] == 200
     assert final.learner_state()["learner"]["counts"]["steps"] == 200

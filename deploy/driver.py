@@ -14,7 +14,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import ray
 import torch
 
@@ -25,8 +24,7 @@ from common.cli import TrainCommand
 from common.config import check_non_negative, check_positive, check_positive_int
 from common.data import GoalSet
 from common.errors import CheckpointError, ConfigError, UserError
-from common.messages import unpack_weights
-from common.networks import VAgent
+from common.networks import VAgent, load_weights_message
 from common.progress import LossTracker, ProgressPrinter, Throughput
 from common.run import RunSummary, StopSignal, start_state, trajectory_spec
 from common.state import check_compatible, checkpoint_meta
@@ -229,9 +227,7 @@ class DistributedRun:
             return None
         if self._eval_agent is None:
             self._eval_agent = VAgent(self.goals.image_shape, self.config.mdp, self.config.network)
-        shapes = {k: tuple(v.shape) for k, v in self._eval_agent.state_dict().items()}
-        arrays, _ = unpack_weights(ray.get(self.learner.weights.remote()), shapes)
-        self._eval_agent.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+        load_weights_message(self._eval_agent, ray.get(self.learner.weights.remote()))
         result = self.evaluation.run(self._eval_agent.to(self.evaluation.device), self.x1, steps)
         self.metrics.record_evaluation(result, steps)
         progress.print(self.counters, self.losses, describe(result))

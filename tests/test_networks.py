@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from common.config import MDPConfig, NetworkConfig
-from common.networks import GoalQNet, ProposalUNet, SelectionNet, VAgent
+from common.errors import MessageError
+from common.messages import pack_weights
+from common.networks import GoalQNet, ProposalUNet, SelectionNet, VAgent, load_weights_message
 
 MDP = MDPConfig(horizon=3, num_proposals=4)
 NET = NetworkConfig(proposal_widths=(8, 8, 16, 16), selection_widths=(8, 8, 16), groups=4)
@@ -119,3 +121,34 @@ def test_goal_q_depends_on_goal():
     net = GoalQNet((1, 28, 28), MDP, NET)
     state, step, _, goal = _inputs((1, 28, 28), batch=1)
     assert not torch.allclose(net(state, step, goal), net(state, step, goal + 1.0))
+
+
+def _weights_of(agent):
+    return {k: v.detach().numpy() for k, v in agent.state_dict().items()}
+
+
+def test_weights_message_carries_an_agent_into_another():
+    torch.manual_seed(0)
+    source, receiver = VAgent((1, 12, 12), MDP, NET), VAgent((1, 12, 12), MDP, NET)
+    assert load_weights_message(receiver, pack_weights(_weights_of(source), 5)) == 5
+    state, step, _, goal = _inputs((1, 12, 12))
+    assert torch.equal(receiver.goal_q(state, step, goal), source.goal_q(state, step, goal))
+
+
+OTHER_AGENTS = [VAgent((1, 16, 16), MDP, NET), VAgent((1, 12, 12), MDPConfig(horizon=3, num_proposals=5), NET)]
+
+
+@pytest.mark.parametrize("other", OTHER_AGENTS)
+def test_weights_message_for_another_architecture_is_refused_untouched(other):
+    torch.manual_seed(0)
+    receiver = VAgent((1, 12, 12), MDP, NET)
+    before = {k: v.clone() for k, v in receiver.state_dict().items()}
+    with pytest.raises(MessageError, match="weights message"):
+        load_weights_message(receiver, pack_weights(_weights_of(other), 1))
+    assert all(torch.equal(before[k], v) for k, v in receiver.state_dict().items())
+
+
+def test_weights_message_with_a_bad_version_is_refused():
+    agent = VAgent((1, 12, 12), MDP, NET)
+    with pytest.raises(MessageError, match="version must be an int >= 0, got -1"):
+        load_weights_message(agent, pack_weights(_weights_of(agent), -1))

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from common.cli import parse_train  # noqa: E402
 from common.data import load_goals  # noqa: E402
 from common.losses import selection_cross_entropy  # noqa: E402
-from common.rollout import greedy_reconstruction  # noqa: E402
+from common.evaluation import reconstruct  # noqa: E402
 from learner.single_process import SingleProcessTrainer  # noqa: E402
 
 
@@ -48,15 +48,14 @@ def parse_args() -> argparse.Namespace:
 def reading(trainer: SingleProcessTrainer, pixels: torch.Tensor) -> tuple[float, int, float]:
     """(reconstruction MSE, distinct sequences among the goals, S-agent cross-entropy on recent choices)."""
     learner = trainer.learner
+    reconstruction = reconstruct(learner.agent, learner.x1, learner.rates, pixels)
     with torch.no_grad():
-        episodes = greedy_reconstruction(learner.agent, learner.x1, pixels, learner.rates, sigma=1.0)
-        mse = float((episodes.states[:, -1] - pixels).pow(2).mean())
         batch = trainer.replay.selections.sample(1024, np.random.default_rng(0))
         logits = learner.agent.selection(torch.from_numpy(batch["state"]).to(learner.device),
                                          torch.from_numpy(batch["step"].astype(np.int64)).to(learner.device))
         cross_entropy = float(selection_cross_entropy(
             logits, torch.from_numpy(batch["selection"].astype(np.int64)).to(learner.device)))
-    return mse, len({tuple(s) for s in episodes.selections.tolist()}), cross_entropy
+    return reconstruction.mse, len({tuple(s) for s in reconstruction.codes.tolist()}), cross_entropy
 
 
 def main() -> None:

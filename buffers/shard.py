@@ -14,7 +14,7 @@ import uuid
 
 import ray
 
-from buffers.tables import ReplaySample, ReplayTables, SampleRequest
+from buffers.tables import ReplayTables, SampleRequest
 from common.config import ReplayConfig
 from common.errors import MessageError
 from common.messages import TrajectoryBatch, TrajectorySpec
@@ -76,7 +76,3 @@ class ReplayShard:
         self.tables.restore(payload)
         return self.tables.sizes()
 
-
-def decode_sample(payload: bytes) -> ReplaySample:
-    """The learner's side of `sample`."""
-    return ReplaySample.from_message(payload)

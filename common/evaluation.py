@@ -23,7 +23,7 @@ import torch
 
 from common.checkpoint import LEARNER_FILE, load_checkpoint
 from common.config import ExperimentConfig
-from common.data import GoalSet, load_goals, to_uint8
+from common.data import GoalSet, load_goals, to_uint8, to_unit_range
 from common.errors import CheckpointError, DataError, EvaluationError
 from common.fid import FidScorer, Progress, ReferenceCache, load_inception, reference_stats
 from common.figures import samples_figure
@@ -111,7 +111,7 @@ def load_split(model: LoadedModel, dataset: str | None, data_dir, split: str, do
 def _unit(images: torch.Tensor, device) -> torch.Tensor:
     """uint8 or float [-1, 1] -> float32 [-1, 1] on device."""
     images = images.to(device)
-    return images.float().div(127.5).sub(1.0) if images.dtype == torch.uint8 else images.float()
+    return to_unit_range(images) if images.dtype == torch.uint8 else images.float()
 
 
 def _batches(total: int, batch_size: int):

@@ -97,9 +97,3 @@ def unfold_proposals(proposal: ProposalUNet, x1: torch.Tensor, selections: torch
         state = transition(state, proposal(state, step, selections[:, h]), rates[h])
     return state
 
-
-@torch.no_grad()
-def reconstruction_mse(agent: VAgent, x1: torch.Tensor, goals: torch.Tensor, rates: torch.Tensor) -> float:
-    """Per-pixel MSE, on the [-1, 1] scale, of the GC-agent's greedy reconstructions of `goals` [B, C, H, W]."""
-    final = greedy_reconstruction(agent, x1, goals, rates, sigma=1.0).states[:, -1]
-    return float((final - goals).pow(2).mean())

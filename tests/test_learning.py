@@ -19,7 +19,8 @@ import torch
 from common.data import load_goals
 from common.losses import selection_cross_entropy
 from common.presets import small
-from common.rollout import reconstruction_mse, s_agent_sample
+from common.evaluation import reconstruct
+from common.rollout import s_agent_sample
 from common.run import RunOptions
 from learner.single_process import SingleProcessTrainer
 
@@ -34,10 +35,10 @@ def trained(data_dir):
     options = RunOptions(total_updates=100_000, time_limit=TRAIN_SECONDS, seed=0, device="cpu", progress_every=20)
     trainer = SingleProcessTrainer(small(), goals, options)
     pixels = goals.goals(np.arange(16))
-    before = reconstruction_mse(trainer.learner.agent, trainer.learner.x1, pixels, trainer.learner.rates)
+    before = reconstruct(trainer.learner.agent, trainer.learner.x1, trainer.learner.rates, pixels).mse
     initial_selection = copy.deepcopy(trainer.learner.agent.selection)
     summary = trainer.run()
-    after = reconstruction_mse(trainer.learner.agent, trainer.learner.x1, pixels, trainer.learner.rates)
+    after = reconstruct(trainer.learner.agent, trainer.learner.x1, trainer.learner.rates, pixels).mse
     print(f"\nlearning: {summary.updates} updates, {summary.env_steps} env steps in {summary.seconds:.0f}s; "
           f"reconstruction MSE {before:.3f} -> {after:.3f}")
     return trainer, initial_selection, before, after

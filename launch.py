@@ -29,6 +29,11 @@ def train(argv: list[str]) -> int:
     command = parse_train(argv, DESCRIPTION)
     print(f"preset: {command.preset_name} ({'chosen' if command.args.preset else 'default'}), "
           f"runtime: {command.runtime}, dataset: {command.data.dataset}", flush=True)
+    from common.device import bf16_warning, resolve_device
+
+    warning = bf16_warning(command.config, resolve_device(command.run.device))
+    if warning:
+        print(warning, flush=True)
     goals = load_goals(command.data.dataset, command.data.data_dir, "train", command.data.download)
     if command.data.num_goals:
         goals = goals.subset(command.data.num_goals)

@@ -14,7 +14,7 @@ from common.mdp import step_rates
 from common.messages import TrajectoryBatch
 from common.networks import VAgent, load_weights_message
 from common.data import to_unit_range
-from common.rollout import goal_conditioned_rollout
+from common.lookahead import gc_agent_rollout
 from common.state import numpy_rng_from_text, numpy_rng_to_text
 
 
@@ -37,13 +37,13 @@ class RolloutWorker:
 
     @torch.inference_mode()
     def collect(self, goal_indices: np.ndarray | None = None, weight_lag: int = 0) -> TrajectoryBatch:
-        """One batched GC-agent rollout with the exploration malus, as numpy for replay."""
+        """One batched GC-agent rollout (the configured behaviour), as numpy for replay."""
         indices = self.draw_goals() if goal_indices is None else goal_indices
         goals = to_unit_range(torch.as_tensor(self.goal_images[indices]).to(self.device))  # numpy or torch images
         was_training = self.agent.training
         self.agent.eval()
-        episodes = goal_conditioned_rollout(self.agent, self.x1, goals, self.rates, self.acting.kappa,
-                                            self.mdp.sigma)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.acting.bf16):
+            episodes = gc_agent_rollout(self.agent, self.x1, goals, self.rates, self.mdp, self.acting)
         self.agent.train(was_training)
         return TrajectoryBatch(
             states=episodes.states.float().cpu().numpy(),

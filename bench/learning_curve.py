@@ -4,7 +4,7 @@
     python bench/learning_curve.py --num-goals 16 --minutes 20
 
 Trains the single-process reference on the first N training images and prints, every --every seconds,
-the GC-agent's greedy reconstruction MSE (per pixel, [-1, 1] scale), how many goals got distinct
+the GC-agent's reconstruction MSE (with the encoder it acts with: Q-network or lookahead) (per pixel, [-1, 1] scale), how many goals got distinct
 selection sequences, and the S-agent's cross-entropy on the GC-agent's latest choices. The "mean
 baseline" is the MSE of the goals' mean image: a model below it reconstructs goals individually, which
 a model that only learned the mean cannot. Prints figures; asserts nothing.
@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from common.cli import parse_train  # noqa: E402
 from common.data import load_goals  # noqa: E402
 from common.losses import selection_cross_entropy  # noqa: E402
-from common.evaluation import reconstruct  # noqa: E402
+from common.evaluation import encoder_of, reconstruct  # noqa: E402
 from learner.single_process import SingleProcessTrainer  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def parse_args() -> argparse.Namespace:
 def reading(trainer: SingleProcessTrainer, pixels: torch.Tensor) -> tuple[float, int, float]:
     """(reconstruction MSE, distinct sequences among the goals, S-agent cross-entropy on recent choices)."""
     learner = trainer.learner
-    reconstruction = reconstruct(learner.agent, learner.x1, learner.rates, pixels)
+    reconstruction = reconstruct(learner.agent, learner.x1, learner.rates, pixels, **encoder_of(trainer.config))
     with torch.no_grad():
         batch = trainer.replay.selections.sample(1024, np.random.default_rng(0))
         logits = learner.agent.selection(torch.from_numpy(batch["state"]).to(learner.device),

@@ -56,7 +56,7 @@ def build_parser(description: str) -> OneLineParser:
     """The training flags; the Ray runtime's flags are declared here too so --help shows them all."""
     p = OneLineParser(prog="launch.py", description=description)
     p.add_argument("--runtime", choices=RUNTIMES, default="ray", help="ray (default) or the single-process reference")
-    p.add_argument("--preset", choices=tuple(PRESETS), help="default: paper with a GPU, small without")
+    p.add_argument("--preset", choices=tuple(PRESETS), help="default: paper-lookahead with a GPU, small-lookahead without")
     p.add_argument("--config", type=Path, help="YAML file of {section: {setting: value}} overrides")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE",
                    help="override one setting, e.g. --set mdp.horizon=8 (repeatable)")

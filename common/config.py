@@ -16,6 +16,9 @@ from common.errors import ConfigError
 
 InitialState = Literal["zeros", "data_mean"]
 INITIAL_STATES = ("zeros", "data_mean")
+LOSS_REDUCTIONS = ("sum", "mean")
+BEHAVIOURS = ("q", "lookahead")
+Q_TARGETS = ("sampled", "all_actions")
 
 
 def _is_int(value) -> bool:
@@ -44,6 +47,24 @@ def check_non_negative(name: str, value) -> None:
         raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
 
 
+def check_bool(name: str, value) -> None:
+    """Refuse anything but true or false, naming the setting."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+def check_choice(name: str, value, choices: tuple[str, ...]) -> None:
+    """Refuse a value outside a fixed set of names, listing them."""
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def check_fraction(name: str, value) -> None:
+    """Refuse numbers outside [0, 1], as for the share of episodes acted by one rule."""
+    if not _is_number(value) or not 0 <= value <= 1:
+        raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}")
+
+
 def check_unit_interval(name: str, value) -> None:
     """Refuse numbers outside (0, 1], as for Polyak rates."""
     if not _is_number(value) or not 0 < value <= 1:
@@ -54,9 +75,10 @@ def check_unit_interval(name: str, value) -> None:
 class MDPConfig:
     """The episodic MDP of section 3.1: H steps x_{h+1} = x_h + alpha_h y_h, Gaussian last step.
 
-    The goal loss is ||x_{H+1} - goal||^2 / (2 sigma^2 d) with d the pixel count: the paper's loss
-    divided by d, so kappa and the learning rates keep their meaning at any image size. With the
-    default sigma^2 = 1/2 it is the per-pixel mean squared error.
+    The goal loss is ||x_{H+1} - goal||^2 / (2 sigma^2), the Gaussian negative log-likelihood. With
+    loss_reduction "sum" it is the paper's (sigma^2 = 1/2 makes it the summed squared error); "mean"
+    divides it by the pixel count d (the per-pixel MSE), which makes the malus kappa * log S-select d
+    times heavier against the Q-values. The paper does not state sigma; we take sigma^2 = 1/2.
     """
 
     horizon: int = 16  # H
@@ -64,11 +86,13 @@ class MDPConfig:
     alphas: tuple[float, ...] | None = None  # alpha_1..alpha_H; None means alpha_h = 1/h
     sigma: float = math.sqrt(0.5)
     initial_state: InitialState = "zeros"
+    loss_reduction: str = "sum"  # "sum": the paper's loss; "mean": divided by the pixel count d
 
     def __post_init__(self):
         check_positive_int("mdp.horizon", self.horizon)
         check_positive_int("mdp.num_proposals", self.num_proposals)
         check_positive("mdp.sigma", self.sigma)
+        check_choice("mdp.loss_reduction", self.loss_reduction, LOSS_REDUCTIONS)
         if self.initial_state not in INITIAL_STATES:
             raise ConfigError(f"mdp.initial_state must be one of {INITIAL_STATES}, got {self.initial_state!r}")
         if self.alphas is not None:
@@ -114,14 +138,28 @@ class NetworkConfig:
 
 @dataclass(frozen=True)
 class ActingConfig:
-    """How the GC-agent explores (Algorithm 1) and how many goals one rollout call handles."""
+    """How the GC-agent chooses and explores (Algorithm 1) and how many goals one rollout call handles.
+
+    behaviour "q" is the paper: argmin_a Q + kappa * log S-select. "lookahead" is an extension
+    (common/lookahead.py): all A proposals are stepped and the nearest to the goal is kept, with a beam
+    of beam_width sequences; q_fraction of each batch's goals still act by the paper's rule, so the
+    Q-network sees the consequences of its own choices.
+    """
 
     kappa: float = 0.05  # weight of the malus kappa * log S-select(a | x, h)
     goals_per_rollout: int = 64  # goals rolled out together, one batched forward pass per step
+    behaviour: str = "q"  # "q" (the paper) or "lookahead" (extension)
+    beam_width: int = 1  # lookahead: partial sequences kept per goal (1: greedy one-step lookahead)
+    q_fraction: float = 0.0  # lookahead: share of goals acted by the paper's Q + malus rule instead
+    bf16: bool = False  # run acting's forward passes under bfloat16 autocast (speed; states stay float32)
 
     def __post_init__(self):
         check_non_negative("acting.kappa", self.kappa)
         check_positive_int("acting.goals_per_rollout", self.goals_per_rollout)
+        check_choice("acting.behaviour", self.behaviour, BEHAVIOURS)
+        check_positive_int("acting.beam_width", self.beam_width)
+        check_fraction("acting.q_fraction", self.q_fraction)
+        check_bool("acting.bf16", self.bf16)
 
 
 @dataclass(frozen=True)
@@ -140,6 +178,10 @@ class LearningConfig:
     q_every: int = 1
     target_every: int = 1  # in Q updates
     max_grad_norm: float = 10.0
+    q_target: str = "sampled"  # "sampled": Algorithm 2's Double-DQN target for the taken selection;
+    # "all_actions" (extension): every selection's next state is computed through the proposal network
+    # and all A Q-values are regressed (exact goal loss at h = H, Double-DQN bootstrap before)
+    bf16: bool = False  # forward passes of the updates under bfloat16 autocast (speed; weights stay float32)
 
     def __post_init__(self):
         check_unit_interval("learning.rho", self.rho)
@@ -148,6 +190,8 @@ class LearningConfig:
         for name in ("proposal_batch", "selection_batch", "q_batch", "proposal_every",
                      "selection_every", "q_every", "target_every"):
             check_positive_int(f"learning.{name}", getattr(self, name))
+        check_choice("learning.q_target", self.q_target, Q_TARGETS)
+        check_bool("learning.bf16", self.bf16)
 
 
 @dataclass(frozen=True)

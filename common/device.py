@@ -23,3 +23,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         name = "cuda" if gpu_available() else "cpu"
     return torch.device(name)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (oneDNN's check), where bf16 autocast pays off."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def bf16_warning(config, device: torch.device) -> str | None:
+    """One line when a preset asks for bf16 autocast on a CPU that would emulate it (slowly), else None."""
+    if device.type != "cpu" or not (config.acting.bf16 or config.learning.bf16) or cpu_has_native_bf16():
+        return None
+    return ("warning: acting.bf16/learning.bf16 are on but this CPU has no native bfloat16; they will be slow "
+            "here: add --set acting.bf16=false --set learning.bf16=false")

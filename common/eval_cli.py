@@ -17,9 +17,9 @@ from common.cli import OneLineParser
 from common.data import DATASETS, GoalSet, to_uint8
 from common.device import DEVICE_CHOICES, resolve_device
 from common.errors import ConfigError
-from common.evaluation import (MSE_SCALE, LoadedModel, bits_per_image, decode, load_codes, load_image_file,
-                               load_model, load_split, mean_squared_error, reconstruct, sample, save_codes,
-                               write_json)
+from common.evaluation import (ENCODERS, MSE_SCALE, LoadedModel, bits_per_image, decode, encoder_of, load_codes,
+                               load_image_file, load_model, load_split, mean_squared_error, reconstruct, sample,
+                               save_codes, write_json)
 from common.fid import PROTOCOL, FidScorer, ReferenceCache, default_cache_dir, load_inception, reference_stats
 from common.figures import reconstructions_figure, samples_figure, trajectories_figure
 
@@ -72,6 +72,11 @@ def _base_parser(command: str, description: str) -> EvalParser:
     return p
 
 
+def _encoder_flag(p: EvalParser) -> None:
+    p.add_argument("--encoder", choices=ENCODERS, help="GC-agent that encodes: q (the paper's Q-network) or "
+                   "lookahead (the extension); default: the behaviour the checkpoint was trained with")
+
+
 def _data_flags(p: EvalParser) -> None:
     p.add_argument("--dataset", choices=DATASETS, help="default: the dataset the checkpoint was trained on")
     p.add_argument("--data-dir", type=Path, help="as in training (default: searched)")
@@ -82,6 +87,7 @@ def evaluate_parser() -> EvalParser:
     """Flags of `evaluate`: section 4.2's reconstruction MSE, reconstruction FID and sample FID."""
     p = _base_parser("evaluate", "Reconstruction MSE and FID, sample FID and the paper's figures for a checkpoint.")
     _data_flags(p)
+    _encoder_flag(p)
     p.add_argument("--output", type=Path, help="folder for results.json and the figures (default: <run>/eval/<checkpoint>)")
     p.add_argument("--num-samples", type=int, default=10_000,
                    help="S-agent samples for the sample FID (default %(default)s)")
@@ -106,6 +112,7 @@ def encode_parser() -> EvalParser:
     """Flags of `encode`: a dataset slice or a .npy of images in, an .npz of codes out."""
     p = _base_parser("encode", "Turn images into the GC-agent's selection sequences (H indexes, H*log2(A) bits).")
     _data_flags(p)
+    _encoder_flag(p)
     p.add_argument("--split", choices=("train", "test"), default="test")
     p.add_argument("--start", type=int, default=0, help="first image of the split")
     p.add_argument("--count", type=int, default=100, help="images to encode")
@@ -161,7 +168,7 @@ def run_evaluate(argv: list[str]) -> int:
     scorer = None if args.no_fid else FidScorer(load_inception(args.inception, model.device), args.fid_batch_size)
     progress, output = ProgressDisplay(), args.output or _default_folder(model)
     recon = reconstruct(model.agent, model.x1, model.rates, test.images[:num_test], args.batch_size, progress,
-                        "reconstruct test set")
+                        "reconstruct test set", **encoder_of(model.config, args.encoder))
     count = args.num_samples if scorer else min(args.num_samples, 100)
     samples = sample(model.agent, model.x1, model.rates, count, args.batch_size, args.seed, progress)
     fid = _fid(scorer, args, test, train, recon.images, samples.images, progress) if scorer else {}
@@ -243,7 +250,7 @@ def run_encode(argv: list[str]) -> int:
     model = _model(args)
     images, source = _encode_inputs(args, model)
     recon = reconstruct(model.agent, model.x1, model.rates, images, args.batch_size, ProgressDisplay(),
-                        "encode", keep_float=True)
+                        "encode", keep_float=True, **encoder_of(model.config, args.encoder))
     decoded = decode(model.agent, model.x1, model.rates, recon.codes, args.batch_size)
     exact = bool(decoded.equal(recon.finals))
     path = save_codes(args.output or _default_folder(model) / "codes.npz", recon.codes, model)

@@ -27,11 +27,13 @@ from common.data import GoalSet, load_goals, to_uint8, to_unit_range
 from common.errors import CheckpointError, DataError, EvaluationError
 from common.fid import FidScorer, Progress, ReferenceCache, load_inception, reference_stats
 from common.figures import samples_figure
+from common.lookahead import lookahead_rollout
 from common.mdp import step_rates
 from common.networks import VAgent
 from common.rollout import greedy_reconstruction, s_agent_sample, unfold_proposals
 from common.state import config_from_manifest
 
+ENCODERS = ("q", "lookahead")  # which GC-agent turns an image into a code (see reconstruct)
 MSE_SCALE = "per-pixel mean squared error on images scaled to [-1, 1] (divide by 4 for the [0, 1] scale)"
 
 
@@ -131,15 +133,24 @@ class Reconstructions:
 
 @torch.inference_mode()
 def reconstruct(agent, x1: torch.Tensor, rates: torch.Tensor, goals: torch.Tensor, batch_size: int = 256,
-                progress: Progress | None = None, stage: str = "reconstruct", keep_float: bool = False
-                ) -> Reconstructions:
-    """Greedy GC-agent rollouts towards `goals` [N, C, H, W] (uint8 or float [-1, 1]), batch by batch."""
+                progress: Progress | None = None, stage: str = "reconstruct", keep_float: bool = False,
+                encoder: str = "q", beam_width: int = 1) -> Reconstructions:
+    """GC-agent rollouts towards `goals` [N, C, H, W] (uint8 or float [-1, 1]), batch by batch.
+
+    encoder "q": the Q-network's greedy choices (Algorithm 1 without the malus, the paper's encoder);
+    "lookahead": the lookahead extension with `beam_width` (common/lookahead.py).
+    """
+    if encoder not in ENCODERS:
+        raise EvaluationError(f"encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
     total, squared, images, codes, finals = goals.shape[0], 0.0, [], [], []
     if progress:
         progress(stage, 0, total)
     for start, stop in _batches(total, batch_size):
         target = _unit(goals[start:stop], x1.device)
-        trajectories = greedy_reconstruction(agent, x1, target, rates, sigma=1.0)
+        if encoder == "q":
+            trajectories = greedy_reconstruction(agent, x1, target, rates, sigma=1.0)
+        else:
+            trajectories = lookahead_rollout(agent.proposal, x1, target, rates, 1.0, beam_width)
         final = trajectories.states[:, -1]
         squared += float((final - target).double().pow(2).sum())
         images.append(to_uint8(final).cpu())
@@ -150,6 +161,15 @@ def reconstruct(agent, x1: torch.Tensor, rates: torch.Tensor, goals: torch.Tenso
             progress(stage, stop, total)
     mse = squared / max(goals[:1].numel() * total, 1)
     return Reconstructions(mse, torch.cat(images), torch.cat(codes), torch.cat(finals) if keep_float else None)
+
+
+def encoder_of(config: ExperimentConfig, override: str | None = None) -> dict:
+    """reconstruct's encoder arguments for a model: the GC-agent it acted with, unless overridden.
+
+    A model trained with the lookahead behaviour encodes with the lookahead (same beam width); one
+    trained by the paper's rule with its Q-network.
+    """
+    return {"encoder": override or config.acting.behaviour, "beam_width": config.acting.beam_width}
 
 
 @dataclass
@@ -311,7 +331,7 @@ class PeriodicEvaluator:
         """{"reconstruction_mse": float, "sample_fid": float | None}; also writes eval/eval-<updates>.json
         and eval/samples-<updates>.png under the run folder."""
         rates = step_rates(self.config.mdp, x1.device)
-        mse = reconstruct(agent, x1, rates, self.test_goals, self.batch_size).mse
+        mse = reconstruct(agent, x1, rates, self.test_goals, self.batch_size, **encoder_of(self.config)).mse
         count = max(self.grid_samples, self.fid_samples)
         samples = sample(agent, x1, rates, count, self.batch_size, self.seed, keep_trajectories=0)
         fid = self.scorer.score(samples.images[:self.fid_samples]) if self.fid_samples > 0 else None

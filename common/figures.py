@@ -62,3 +62,51 @@ def trajectories_figure(states: torch.Tensor, path: str | Path, limit: int = 4) 
     """
     states = states[:limit]
     return save_grid(states.flatten(0, 1), path, columns=states.shape[1])
+
+
+CHART_COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (120, 120, 120), (148, 103, 189), (255, 127, 14))
+
+
+def line_chart(panels: list[tuple[str, list[float], dict[str, list[float]]]], path: str | Path,
+               size: tuple[int, int] = (520, 300)) -> Path:
+    """Panels side by side, each (title, x values, {series name: y values}), drawn with Pillow.
+
+    For learning curves (bench/quality.py); no plotting library is a dependency of the project.
+    """
+    from PIL import Image, ImageDraw
+
+    width, height = size
+    image = Image.new("RGB", (width * len(panels), height), "white")
+    draw = ImageDraw.Draw(image)
+    for i, (title, xs, series) in enumerate(panels):
+        _draw_panel(draw, (i * width, 0, width, height), title, xs, series)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def _draw_panel(draw, box: tuple[int, int, int, int], title: str, xs: list[float], series: dict) -> None:
+    left, top, width, height = box
+    x0, y0, x1, y1 = left + 55, top + 25, left + width - 15, top + height - 35  # plotting area
+    values = [v for ys in series.values() for v in ys if v is not None and math.isfinite(v)]
+    if not xs or not values:
+        return
+    lo_x, hi_x = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+    lo_y, hi_y = 0.0, max(values) * 1.05 or 1.0
+    px = lambda x: x0 + (x - lo_x) / (hi_x - lo_x) * (x1 - x0)  # noqa: E731
+    py = lambda y: y1 - (y - lo_y) / (hi_y - lo_y) * (y1 - y0)  # noqa: E731
+    draw.text((left + 10, top + 5), title, fill="black")
+    draw.rectangle((x0, y0, x1, y1), outline="black")
+    for k in range(5):
+        y, x = lo_y + k * (hi_y - lo_y) / 4, lo_x + k * (hi_x - lo_x) / 4
+        draw.text((left + 5, py(y) - 5), f"{y:.3g}", fill="black")
+        draw.text((px(x) - 10, y1 + 5), f"{x:.4g}", fill="black")
+    for n, (name, ys) in enumerate(series.items()):
+        colour = CHART_COLOURS[n % len(CHART_COLOURS)]
+        points = [(px(x), py(y)) for x, y in zip(xs, ys) if y is not None and math.isfinite(y)]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for x, y in points:
+            draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
+        draw.text((x1 - 150, y0 + 5 + 12 * n), name, fill=colour)

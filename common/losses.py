@@ -58,3 +58,17 @@ def unfolded_proposal_loss(final_state: torch.Tensor, goals: torch.Tensor) -> to
     The per-pixel mean (not the sum) only rescales the gradient, keeping rates size-independent.
     """
     return F.mse_loss(final_state, goals)
+
+
+def all_action_targets(next_q_online: torch.Tensor, next_q_target: torch.Tensor, final_loss: torch.Tensor,
+                       is_last: torch.Tensor) -> torch.Tensor:
+    """Targets for every selection at once (extension): [B, A, A] x2, [B, A], [B] -> [B, A].
+
+    next_q_online/next_q_target hold Q(x'_a, h+1, goal) for the next state x'_a of each selection a;
+    final_loss [B, A] is the goal loss of x'_a. At h = H the target is that loss, exactly; before it,
+    the Double-DQN value of x'_a. The transition is deterministic and known, so no selection goes
+    untrained because the behaviour did not take it.
+    """
+    best = next_q_online.argmin(dim=2, keepdim=True)
+    bootstrap = next_q_target.gather(2, best).squeeze(2)
+    return torch.where(is_last.unsqueeze(1), final_loss, bootstrap)

@@ -1,12 +1,16 @@
-"""Named starting points: the paper's settings, and ones sized for a laptop CPU or a test.
+"""Named starting points: the paper's settings, the lookahead extension, and sizes for a CPU or a test.
 
 `paper` is Appendix B and section 4.1 (H = A = 16, kappa 0.05, rho 0.06, Adam 1e-4, batch 128,
-4-level U-Net); what the paper leaves unsaid (replay sizes, the samples-per-insert ratio) takes
-common DQN values. `small` keeps the structure but shrinks widths, horizon and batches so that
-two CPU cores train visibly in minutes. `tiny` exists for tests of the plumbing, not of quality.
+4-level U-Net, the summed Gaussian loss with sigma^2 = 1/2); what the paper leaves unsaid (replay sizes,
+the samples-per-insert ratio) takes common DQN values. `small` keeps the paper's method but shrinks
+widths, horizon and batches so that two CPU cores train in minutes. `small-lookahead` (the default
+without a GPU) and `paper-lookahead` (the default with one) add the lookahead GC-agent, an extension
+of the paper chosen from the measurements in docs/results.md. `tiny` is for tests of the plumbing.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from common.config import (ActingConfig, ExperimentConfig, LearningConfig, MDPConfig, NetworkConfig,
                            ReplayConfig)
@@ -23,7 +27,7 @@ def small() -> ExperimentConfig:
     """Two CPU cores, minutes: narrower networks, H = 4, A = 16, faster rates, smaller batches."""
     lr = 1e-3
     return ExperimentConfig(
-        mdp=MDPConfig(horizon=4, num_proposals=16),
+        mdp=MDPConfig(horizon=4, num_proposals=16, loss_reduction="mean"),
         network=NetworkConfig(proposal_widths=(16, 32, 64, 128), selection_widths=(16, 32, 64), groups=8),
         acting=ActingConfig(kappa=0.05, goals_per_rollout=16),
         learning=LearningConfig(proposal_lr=lr, selection_lr=lr, q_lr=lr, proposal_batch=16, selection_batch=64,
@@ -35,7 +39,7 @@ def small() -> ExperimentConfig:
 def tiny() -> ExperimentConfig:
     """Seconds per run: for tests of wiring, checkpoints and faults, not of sample quality."""
     return ExperimentConfig(
-        mdp=MDPConfig(horizon=3, num_proposals=4),
+        mdp=MDPConfig(horizon=3, num_proposals=4, loss_reduction="mean"),
         network=NetworkConfig(proposal_widths=(8, 8, 16, 16), selection_widths=(8, 8, 16), groups=4),
         acting=ActingConfig(kappa=0.05, goals_per_rollout=8),
         learning=LearningConfig(proposal_lr=1e-3, selection_lr=1e-3, q_lr=1e-3, proposal_batch=8,
@@ -44,13 +48,39 @@ def tiny() -> ExperimentConfig:
                             min_size_to_sample=48, samples_per_insert=4.0))
 
 
-PRESETS = {"paper": paper, "small": small, "tiny": tiny}
+def lookahead(config: ExperimentConfig) -> ExperimentConfig:
+    """The extension (docs/results.md): the GC-agent acts by the lookahead; everything else unchanged."""
+    return dataclasses.replace(config, acting=dataclasses.replace(config.acting, **LOOKAHEAD_ACTING))
+
+
+LOOKAHEAD_ACTING = {"behaviour": "lookahead", "beam_width": 1}
+
+
+def small_lookahead() -> ExperimentConfig:
+    """The default without a GPU: `small` with the lookahead GC-agent, H = 8 and bf16 autocast.
+
+    Each of the three was measured with bench/quality.py on full MNIST (docs/results.md, ablation).
+    """
+    config = lookahead(small())
+    return dataclasses.replace(config, mdp=dataclasses.replace(config.mdp, horizon=8),
+                               acting=dataclasses.replace(config.acting, bf16=True),
+                               learning=dataclasses.replace(config.learning, bf16=True))
+
+
+def paper_lookahead() -> ExperimentConfig:
+    """The default with a GPU: the paper's networks and rates with the lookahead GC-agent."""
+    return lookahead(paper())
+
+
+PRESETS = {"paper": paper, "paper-lookahead": paper_lookahead, "small": small, "small-lookahead": small_lookahead,
+           "tiny": tiny}
+DEFAULT_GPU_PRESET, DEFAULT_CPU_PRESET = "paper-lookahead", "small-lookahead"
 
 
 def preset(name: str | None) -> tuple[str, ExperimentConfig]:
-    """The named preset; with no name, `paper` where a GPU is present and `small` otherwise."""
+    """The named preset; with no name, the lookahead recipe sized for the hardware (GPU or not)."""
     if name is None:
-        name = "paper" if gpu_available() else "small"
+        name = DEFAULT_GPU_PRESET if gpu_available() else DEFAULT_CPU_PRESET
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r} (expected one of {', '.join(PRESETS)})")
     return name, PRESETS[name]()

@@ -39,7 +39,7 @@ def _step_index(h: int, batch: int, device) -> torch.Tensor:
 
 
 def goal_conditioned_rollout(agent: VAgent, x1: torch.Tensor, goals: torch.Tensor, rates: torch.Tensor,
-                             kappa: float, sigma: float) -> Trajectories:
+                             kappa: float, sigma: float, loss_reduction: str = "mean") -> Trajectories:
     """Algorithm 1 for B goals at once: the GC-agent picks, S-prop-net proposes, eq. (5) steps.
 
     x1 [C, H, W], goals [B, C, H, W], rates [H]. Call under torch.inference_mode() when acting.
@@ -55,7 +55,8 @@ def goal_conditioned_rollout(agent: VAgent, x1: torch.Tensor, goals: torch.Tenso
         state = transition(state, agent.proposal(state, step, selection), rates[h])
         states.append(state)
         selections.append(selection)
-    return Trajectories(torch.stack(states, dim=1), torch.stack(selections, dim=1), goal_loss(state, goals, sigma))
+    return Trajectories(torch.stack(states, dim=1), torch.stack(selections, dim=1),
+                        goal_loss(state, goals, sigma, loss_reduction))
 
 
 def greedy_reconstruction(agent: VAgent, x1: torch.Tensor, goals: torch.Tensor, rates: torch.Tensor,

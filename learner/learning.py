@@ -13,13 +13,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from buffers.tables import ReplaySample, SampleRequest
 from common.config import LearningConfig, MDPConfig
 from common.data import to_unit_range
-from common.losses import (double_dqn_target, polyak_update, q_regression_loss, selection_cross_entropy,
-                           unfolded_proposal_loss)
-from common.mdp import step_rates
+from common.lookahead import proposal_fan_out
+from common.losses import (all_action_targets, double_dqn_target, polyak_update, q_regression_loss,
+                           selection_cross_entropy, unfolded_proposal_loss)
+from common.mdp import goal_loss, step_rates
 from common.networks import VAgent
 from common.rollout import unfold_proposals
 
@@ -96,18 +98,24 @@ class Learner:
         setattr(self.counts, kind, getattr(self.counts, kind) + 1)
         return float(loss.detach())
 
+    def _autocast(self):
+        """bfloat16 autocast around forward passes when learning.bf16 is set (losses are taken in float32)."""
+        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.learning.bf16)
+
     def update_proposal(self, batch: dict[str, np.ndarray]) -> float:
         """Algorithm 2 lines 1-4: MSE of the unfolded network's final state against the goal."""
         selections = _tensor(batch["selections"], self.device, torch.long)  # [B, H]
-        final = unfold_proposals(self.agent.proposal, self.x1, selections, self.rates)
-        loss = unfolded_proposal_loss(final, self._goals(batch["goal_index"]))
+        with self._autocast():
+            final = unfold_proposals(self.agent.proposal, self.x1, selections, self.rates)
+        loss = unfolded_proposal_loss(final.float(), self._goals(batch["goal_index"]))
         return self._apply("proposal", loss, self.agent.proposal)
 
     def update_selection(self, batch: dict[str, np.ndarray]) -> float:
         """Algorithm 2 lines 5-8: cross-entropy of S-select-net against the GC-agent's selections."""
         state = _tensor(batch["state"], self.device)
         step = _tensor(batch["step"], self.device, torch.long)
-        logits = self.agent.selection(state, step)
+        with self._autocast():
+            logits = self.agent.selection(state, step).float()
         loss = selection_cross_entropy(logits, _tensor(batch["selection"], self.device, torch.long))
         return self._apply("selection", loss, self.agent.selection)
 
@@ -116,18 +124,39 @@ class Learner:
         state, next_state = _tensor(batch["state"], self.device), _tensor(batch["next_state"], self.device)
         step = _tensor(batch["step"], self.device, torch.long)
         goal = self._goals(batch["goal_index"])
-        is_last = step == self.mdp.horizon - 1
-        next_step = torch.clamp(step + 1, max=self.mdp.horizon - 1)  # rows at h = H are masked anyway
-        with torch.no_grad():
-            target = double_dqn_target(self.agent.goal_q(next_state, next_step, goal),
-                                       self.target_q(next_state, next_step, goal),
-                                       _tensor(batch["loss"], self.device), is_last)
-        q_values = self.agent.goal_q(state, step, goal)
-        value = self._apply("q", q_regression_loss(q_values, _tensor(batch["selection"], self.device, torch.long),
-                                                  target), self.agent.goal_q)
+        with self._autocast():
+            q_values = self.agent.goal_q(state, step, goal).float()  # [B, A]
+        if self.learning.q_target == "all_actions":
+            loss = F.mse_loss(q_values, self._all_action_targets(state, step, goal))
+        else:
+            loss = q_regression_loss(q_values, _tensor(batch["selection"], self.device, torch.long),
+                                     self._sampled_targets(next_state, step, goal, _tensor(batch["loss"], self.device)))
+        value = self._apply("q", loss, self.agent.goal_q)
         if self.counts.q % self.learning.target_every == 0:
             polyak_update(self.target_q, self.agent.goal_q, self.learning.rho)
         return value
+
+    @torch.no_grad()
+    def _sampled_targets(self, next_state, step, goal, loss) -> torch.Tensor:
+        """Algorithm 2 line 12 for the selections taken: [B]."""
+        is_last = step == self.mdp.horizon - 1
+        next_step = torch.clamp(step + 1, max=self.mdp.horizon - 1)  # rows at h = H are masked anyway
+        with self._autocast():
+            online, target = self.agent.goal_q(next_state, next_step, goal), self.target_q(next_state, next_step, goal)
+        return double_dqn_target(online.float(), target.float(), loss, is_last)
+
+    @torch.no_grad()
+    def _all_action_targets(self, state, step, goal) -> torch.Tensor:
+        """The extension's targets for all A selections: [B, A] (see losses.all_action_targets)."""
+        batch, num = state.shape[0], self.mdp.num_proposals
+        goals = goal.repeat_interleave(num, dim=0)
+        next_step = torch.clamp(step + 1, max=self.mdp.horizon - 1).repeat_interleave(num)
+        with self._autocast():
+            nxt = proposal_fan_out(self.agent.proposal, state, step, self.rates[step]).flatten(0, 1).float()
+            online = self.agent.goal_q(nxt, next_step, goals).view(batch, num, num).float()  # [B, A, A]
+            target = self.target_q(nxt, next_step, goals).view(batch, num, num).float()
+        final = goal_loss(nxt, goals, self.mdp.sigma, self.mdp.loss_reduction).view(batch, num)  # [B, A]
+        return all_action_targets(online, target, final, step == self.mdp.horizon - 1)
 
     def weights(self) -> dict[str, np.ndarray]:
         """The agent's weights as CPU numpy arrays, what rollout actors load (the target stays here)."""

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -27,6 +28,12 @@ BAD_SETTINGS = [
     (NetworkConfig, {"selection_widths": (8, -8, 16), "groups": 4}, "network.selection_widths", "-8"),
     (ActingConfig, {"kappa": -0.05}, "acting.kappa", "-0.05"),
     (ActingConfig, {"goals_per_rollout": 0}, "acting.goals_per_rollout", "0"),
+    (ActingConfig, {"behaviour": "greedy"}, "acting.behaviour", "greedy"),
+    (ActingConfig, {"beam_width": 0}, "acting.beam_width", "0"),
+    (ActingConfig, {"q_fraction": 1.5}, "acting.q_fraction", "1.5"),
+    (ActingConfig, {"q_fraction": -0.1}, "acting.q_fraction", "-0.1"),
+    (MDPConfig, {"loss_reduction": "avg"}, "mdp.loss_reduction", "avg"),
+    (LearningConfig, {"q_target": "every"}, "learning.q_target", "every"),
     (LearningConfig, {"rho": 0.0}, "learning.rho", "0.0"),
     (LearningConfig, {"rho": 1.5}, "learning.rho", "1.5"),
     (LearningConfig, {"rho": -0.1}, "learning.rho", "-0.1"),
@@ -93,7 +100,7 @@ def test_to_dict_from_dict_round_trip():
     assert ExperimentConfig.from_dict(config.to_dict()) == config
 
 
-@pytest.mark.parametrize("name", ["paper", "small", "tiny"])
+@pytest.mark.parametrize("name", ["paper", "paper-lookahead", "small", "small-lookahead", "tiny"])
 def test_presets_build(name):
     chosen, config = presets.preset(name)
     assert chosen == name and isinstance(config, ExperimentConfig)
@@ -106,18 +113,36 @@ def test_paper_preset_values():
     assert config.acting.kappa == 0.05 and config.learning.rho == 0.06
     assert config.learning.q_lr == 1e-4 and config.learning.q_batch == 128
     assert config.mdp.initial_state == "zeros"
+    # the paper's summed Gaussian loss (sigma^2 = 1/2), against which kappa weighs log-probabilities
+    assert config.mdp.loss_reduction == "sum" and config.mdp.sigma ** 2 == pytest.approx(0.5)
+    assert config.acting.behaviour == "q" and config.learning.q_target == "sampled"
 
 
-def test_default_preset_without_gpu_is_small(monkeypatch):
+def test_paper_lookahead_differs_from_paper_only_in_the_behaviour():
+    base, extended = presets.paper(), presets.paper_lookahead()
+    assert extended.acting.behaviour == "lookahead"
+    assert dataclasses.replace(extended, acting=base.acting) == base
+
+
+def test_small_lookahead_is_small_with_the_lookahead_h8_and_bf16():
+    base, extended = presets.small(), presets.small_lookahead()
+    assert (extended.acting.behaviour, extended.mdp.horizon, extended.acting.bf16, extended.learning.bf16) == (
+        "lookahead", 8, True, True)
+    restored = dataclasses.replace(extended, acting=base.acting, mdp=base.mdp,
+                                   learning=dataclasses.replace(extended.learning, bf16=False))
+    assert restored == base
+
+
+def test_default_preset_without_gpu_is_small_lookahead(monkeypatch):
     monkeypatch.setattr(presets, "gpu_available", lambda: False)
     name, config = presets.preset(None)
-    assert name == "small" and config == presets.small()
+    assert name == "small-lookahead" and config == presets.small_lookahead()
 
 
-def test_default_preset_with_gpu_is_paper(monkeypatch):
+def test_default_preset_with_gpu_is_paper_lookahead(monkeypatch):
     monkeypatch.setattr(presets, "gpu_available", lambda: True)
     name, config = presets.preset(None)
-    assert name == "paper" and config == presets.paper()
+    assert name == "paper-lookahead" and config == presets.paper_lookahead()
 
 
 def test_unknown_preset_raises():

@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""The ablation table of docs/results.md from bench/quality.py outputs: one markdown row per run folder.
+
+    python bench/quality_table.py runs/q-A1 runs/q-A2 ...
+
+Per run: its training flags, updates per minute, the first reading below 0.7x the mean baseline (minutes
+and updates) for the acting encoder, then the MSE of each encoder and the sample FID ratio at 5, 10 and
+30 minutes where the run has them. Prints; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+LEAVE_MEAN = 0.7
+MARKS = (2.5, 5.0, 10.0, 30.0)
+
+
+def load(folder: Path) -> dict:
+    """A run's quality.json."""
+    return json.loads((folder / "quality.json").read_text())
+
+
+def acting_encoder(report: dict) -> str:
+    """The encoder the run acted with (its behaviour)."""
+    return report["config"]["acting"]["behaviour"]
+
+
+def left_mean(report: dict) -> str:
+    """'minutes / updates' of the first reading under LEAVE_MEAN x baseline, or 'no'."""
+    encoder, baseline = acting_encoder(report), report["baseline_mse"]
+    for r in report["readings"]:
+        if r["mse"][encoder] < LEAVE_MEAN * baseline:
+            return f"{r['minutes']:.1f} / {r['updates']}"
+    return "no"
+
+
+def at(report: dict, minutes: float) -> str:
+    """'lookahead MSE / Q MSE (FID ratio)' at a minute mark, or '-'."""
+    readings = [r for r in report["readings"] if abs(r["minutes"] - minutes) < 0.2]
+    if not readings:
+        return "-"
+    r = readings[-1]
+    fids = [f for f in report["fid"] if abs(f["minutes"] - minutes) < 0.2]
+    fid = f", FID {fids[-1]['sample_fid']:.1f} ({fids[-1]['ratio']:.1f}x)" if fids else ""
+    return f"{r['mse']['lookahead']:.4f} / {r['mse']['q']:.3f}{fid}"
+
+
+def row(folder: Path) -> str:
+    """One markdown row."""
+    report = load(folder)
+    last = report["readings"][-1]
+    rate = last["updates"] / max(last["minutes"], 1e-9)
+    cells = [folder.name, " ".join(report["training_flags"]), f"{rate:.0f}", left_mean(report)]
+    return "| " + " | ".join(cells + [at(report, m) for m in MARKS]) + " |"
+
+
+def main() -> None:
+    """Header, then a row per folder given."""
+    marks = " | ".join(f"{m:g} min: lookahead / Q MSE" for m in MARKS)
+    print(f"| run | flags | updates/min | left the mean (min / updates) | {marks} |")
+    print("|" + " --- |" * (4 + len(MARKS)))
+    for name in sys.argv[1:]:
+        print(row(Path(name)))
+
+
+if __name__ == "__main__":
+    main()

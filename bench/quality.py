@@ -188,7 +188,11 @@ def fid_results(args, goals, test_goals, snapshots, x1: torch.Tensor, config) ->
 
 
 def draw_curves(readings: list[dict], fids: list[dict], baseline: float, path: Path) -> None:
-    """MSE per encoder and the mean baseline against minutes and against updates; FID points too."""
+    """MSE per encoder and the mean baseline against minutes and against updates; FID points too.
+
+    The untrained reading (MSE far above everything after it) is left out so the scale shows learning.
+    """
+    readings = [r for r in readings if r["updates"] > 0] or readings
     series = {f"{e} MSE": [r["mse"][e] for r in readings] for e in ENCODERS}
     series["mean baseline"] = [baseline] * len(readings)
     panels = [("reconstruction MSE vs minutes", [r["minutes"] for r in readings], series),

@@ -2,6 +2,7 @@
 """The ablation table of docs/results.md from bench/quality.py outputs: one markdown row per run folder.
 
     python bench/quality_table.py runs/q-A1 runs/q-A2 ...
+    python bench/quality_table.py docs/figures/quality-runs/*.json      # the runs behind docs/results.md
 
 Per run: its training flags, updates per minute, the first reading below 0.7x the mean baseline (minutes
 and updates) for the acting encoder, then the MSE of each encoder and the sample FID ratio at 5, 10 and
@@ -18,9 +19,9 @@ LEAVE_MEAN = 0.7
 MARKS = (2.5, 5.0, 10.0, 30.0)
 
 
-def load(folder: Path) -> dict:
-    """A run's quality.json."""
-    return json.loads((folder / "quality.json").read_text())
+def load(path: Path) -> dict:
+    """A run's quality.json: the file itself, or the run folder holding it."""
+    return json.loads((path if path.is_file() else path / "quality.json").read_text())
 
 
 def acting_encoder(report: dict) -> str:
@@ -53,7 +54,7 @@ def row(folder: Path) -> str:
     report = load(folder)
     last = report["readings"][-1]
     rate = last["updates"] / max(last["minutes"], 1e-9)
-    cells = [folder.name, " ".join(report["training_flags"]), f"{rate:.0f}", left_mean(report)]
+    cells = [folder.stem, " ".join(report["training_flags"]), f"{rate:.0f}", left_mean(report)]
     return "| " + " | ".join(cells + [at(report, m) for m in MARKS]) + " |"
 
 

@@ -22,9 +22,15 @@ def checkpoint_meta(config: ExperimentConfig, goals: GoalSet, preset_name: str, 
 
 
 def config_from_manifest(manifest: dict) -> ExperimentConfig:
-    """The settings a checkpoint was trained with; a damaged entry is a CheckpointError."""
+    """The settings a checkpoint was trained with; a damaged entry is a CheckpointError.
+
+    Checkpoints written before mdp.loss_reduction existed were trained with the per-pixel loss ("mean").
+    """
     try:
-        return ExperimentConfig.from_dict(manifest["config"], source="checkpoint config")
+        config = manifest["config"]
+        if isinstance(config, dict) and isinstance(config.get("mdp"), dict) and "loss_reduction" not in config["mdp"]:
+            config = {**config, "mdp": {**config["mdp"], "loss_reduction": "mean"}}
+        return ExperimentConfig.from_dict(config, source="checkpoint config")
     except (KeyError, ConfigError) as exc:
         raise CheckpointError(f"checkpoint manifest has no usable config: {exc}") from exc
 

@@ -133,3 +133,12 @@ def test_keeps_only_the_newest_checkpoints(saved, data_dir, capsys):
     assert [p.name for p in complete_checkpoints(saved)] == ["update-000000040", "update-000000045"]
     shutil.rmtree(complete_checkpoints(saved)[-1])
     assert load_checkpoint(saved).manifest["updates"] == 40
+
+
+def test_manifest_from_before_loss_reduction_reads_as_the_per_pixel_loss():
+    from common.presets import small
+    from common.state import config_from_manifest
+
+    old = small().to_dict()
+    del old["mdp"]["loss_reduction"]  # what checkpoints written before the setting existed hold
+    assert config_from_manifest({"config": old}) == small()

@@ -38,7 +38,7 @@ from common.data import load_goals  # noqa: E402
 from common.evaluation import ENCODERS, encoder_of, reconstruct, sample  # noqa: E402
 from common.figures import line_chart, reconstructions_figure, samples_figure  # noqa: E402
 from common.losses import selection_cross_entropy  # noqa: E402
-from common.mdp import transition  # noqa: E402
+from common.mdp import step_rates, transition  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -110,7 +110,7 @@ class QualityProbe:
 
     def measure(self, agent, x1: torch.Tensor, updates: int) -> dict:
         """MSE and distinct codes per encoder, the S-agent's cross-entropy, a sample grid."""
-        rates = torch.tensor(self.config.mdp.rates(), device=x1.device)
+        rates = step_rates(self.config.mdp, x1.device)
         mse, distinct, recons = {}, {}, {}
         for encoder in ENCODERS:
             settings = encoder_of(self.config, encoder)
@@ -175,7 +175,7 @@ def fid_results(args, goals, test_goals, snapshots, x1: torch.Tensor, config) ->
 
     scorer = training_scorer(goals, args.fid_reference)
     floor = scorer.distance(scorer.reference, reference_stats(scorer, test_goals, args.fid_samples, ReferenceCache()))
-    rates = torch.tensor(config.mdp.rates())
+    rates = step_rates(config.mdp)
     results = []
     for minutes, updates, agent in snapshots:
         samples = sample(agent, x1.cpu(), rates, args.fid_samples, seed=args.seed, keep_trajectories=0)

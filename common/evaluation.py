@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from common.checkpoint import LEARNER_FILE, load_checkpoint
-from common.config import ExperimentConfig
+from common.config import BEHAVIOURS, ExperimentConfig
 from common.data import GoalSet, load_goals, to_uint8, to_unit_range
 from common.errors import CheckpointError, DataError, EvaluationError
 from common.fid import FidScorer, Progress, ReferenceCache, load_inception, reference_stats
@@ -33,7 +33,7 @@ from common.networks import VAgent
 from common.rollout import greedy_reconstruction, s_agent_sample, unfold_proposals
 from common.state import config_from_manifest
 
-ENCODERS = ("q", "lookahead")  # which GC-agent turns an image into a code (see reconstruct)
+ENCODERS = BEHAVIOURS  # the GC-agent that turns an image into a code is one of those that act (see reconstruct)
 MSE_SCALE = "per-pixel mean squared error on images scaled to [-1, 1] (divide by 4 for the [0, 1] scale)"
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.baselines.train import autocast
 from common.data import GoalSet, to_uint8
 from common.device import cpu_has_native_bf16
 from common.evaluation import encoder_of, load_model, reconstruct, sample
@@ -52,7 +53,7 @@ def build_protocol(train: GoalSet, test: GoalSet, num_test: int, reference: int,
 
 
 def _autocast(protocol: Protocol):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=protocol.bf16)
+    return autocast(torch.device("cpu"), protocol.bf16)
 
 
 def timed(draw) -> tuple[torch.Tensor, float]:

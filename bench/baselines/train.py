@@ -94,7 +94,8 @@ def build(kind: str, config_fields: dict, image_shape) -> torch.nn.Module:
     return model_class(config_class(**config_fields), tuple(image_shape))
 
 
-def _autocast(device: torch.device, enabled: bool):
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on `device` when enabled: training and measuring run the networks the same way."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
@@ -130,7 +131,7 @@ def _spent(settings: TrainSettings, updates: int, seconds: float) -> bool:
 
 def _step(model, optimiser, batch: torch.Tensor, settings: TrainSettings, device: torch.device) -> float:
     """One Adam step on model.loss(batch); returns the loss."""
-    with _autocast(device, settings.bf16):
+    with autocast(device, settings.bf16):
         loss = model.loss(batch)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"baseline loss became {float(loss)}; lower --lr (now {settings.lr})")
@@ -164,7 +165,7 @@ def save_baseline(folder: str | Path, kind: str, model: torch.nn.Module, goals: 
     digest = file_digest(staging)
     weights = folder / f"weights-{digest[:16]}.pt"  # the old checkpoint stays whole until the JSON moves
     os.replace(staging, weights)
-    manifest = {"format": FORMAT, "kind": kind, "config": _jsonable(dataclasses.asdict(model.config)),
+    manifest = {"format": FORMAT, "kind": kind, "config": dataclasses.asdict(model.config),
                 "image_shape": list(model.image_shape), "dataset": goals.name, "trained_on": goals.fingerprint(),
                 "parameters": parameter_count(model), "settings": dataclasses.asdict(settings),
                 "updates": summary.updates, "seconds": round(summary.seconds, 2), "losses": summary.losses,
@@ -212,11 +213,6 @@ def _read_manifest(path: Path) -> dict:
         got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise CheckpointError(f"{path} has format {got!r}, expected {FORMAT!r}")
     return manifest
-
-
-def _jsonable(value):
-    return list(value) if isinstance(value, tuple) else value if not isinstance(value, dict) else \
-        {k: _jsonable(v) for k, v in value.items()}
 
 
 def parse_args(argv=None):

@@ -54,15 +54,19 @@ def train(argv: list[str]) -> int:
 
 
 def training_evaluation(command, goals):
-    """The periodic evaluation (--eval-every), on this process's device (the single-process learner's)."""
+    """The periodic evaluation (--eval-every). The single-process trainer runs it itself, on its device; the
+    Ray driver gets what its evaluation actor needs (the test batch read here, where the data is), so the
+    evaluation runs beside the learner and learning never pauses for it."""
     if command.evaluation.every <= 0:
         return None
     from common.device import resolve_device
-    from common.training_eval import TrainingEvaluation
+    from common.training_eval import EvaluationRequest, TrainingEvaluation
 
-    device = resolve_device(command.run.device if command.runtime == "single-process" else "auto")
+    if command.runtime != "single-process":
+        return EvaluationRequest.load(command.evaluation, command.data.dataset, command.data.data_dir,
+                                      command.run.checkpoint_dir)
     return TrainingEvaluation(command.evaluation, command.config, goals, command.data.dataset, command.data.data_dir,
-                              command.run.checkpoint_dir, device)
+                              command.run.checkpoint_dir, resolve_device(command.run.device))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ bounded number in flight, so a slow learner slows actors instead of filling memo
 
 from __future__ import annotations
 
+import os
 import threading
 import traceback
 import uuid
@@ -128,6 +129,7 @@ class RolloutActor:
             lags, self.lags = self.lags, []
             counters = vars(self.counters).copy()
         return {"index": self.index, "incarnation": self.incarnation, "node": ray.get_runtime_context().get_node_id(),
+                "pid": os.getpid(),
                 "weight_version": self.worker.weight_version, "lags": lags, "error": self.error, **counters}
 
     def stop(self) -> None:

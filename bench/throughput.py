@@ -3,6 +3,7 @@
 
     python bench/throughput.py --seconds 30
     python bench/throughput.py --preset tiny --actor-counts 1,2 --skip-single
+    python bench/throughput.py --capacity --skip-single      # component costs, predicted scaling, check at 1, 2 actors
 
 RunSummary counts include warm-up (Ray start, the first weights, filling replay up to min_size), so
 the rates here are taken between two readings after warm-up: this script drives each runtime's loop
@@ -12,6 +13,10 @@ the start and at the end of a fixed measuring window. It prints figures only; it
 Ray's learner and actors each run torch with one thread per CPU they reserve (one by default), while
 this process keeps torch's default (one per core) unless --threads says otherwise; on a busy machine
 that default can slow the single-process reference many times over, so compare with --threads 1 too.
+
+--capacity first measures each component alone (rollout actor, replay shard, learner; bench/capacity.py
+explains the model), prints the scaling they predict for N actors and S shards with the bottleneck named,
+and at the end sets that prediction beside the measured Ray rows (actor counts 1,2 unless given).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ import torch  # noqa: E402
 from common.cli import TrainCommand, parse_train  # noqa: E402
 from common.data import GoalSet, load_goals  # noqa: E402
 from common.presets import PRESETS  # noqa: E402
+
+from bench.capacity import CapacitySettings, measure_components, print_check, print_costs, print_scaling  # noqa: E402
 
 HUGE_UPDATES = 10**12  # the runs stop on the benchmark's clock, never on their update budget
 WARMUP_GRACE = 300.0  # seconds past --warmup to wait for the first learner update before measuring anyway
@@ -70,13 +77,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "scale once the learner no longer bounds it")
     p.add_argument("--skip-single", action="store_true")
     p.add_argument("--skip-ray", action="store_true")
+    p.add_argument("--learner-cpus", type=int, default=1, help="CPUs (torch threads) of the Ray learner")
+    g = p.add_argument_group("capacity figures (bench/capacity.py)")
+    g.add_argument("--capacity", action="store_true",
+                   help="measure each component alone, print the predicted scaling table, check it against the Ray rows")
+    g.add_argument("--component-seconds", type=float, default=10.0, help="measuring time per component")
+    g.add_argument("--table-actors", default="1,2,4,8,16,32,64", help="actor counts of the predicted table")
+    g.add_argument("--table-shards", default="1,2,4", help="shard counts of the predicted table")
     return p.parse_args(argv)
 
 
+def int_list(text: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4]."""
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
 def actor_counts(args: argparse.Namespace) -> list[int]:
-    """The explicit list, else powers of two up to the cores (or --max-actors), plus that cap itself."""
+    """The explicit list, else 1,2 for --capacity, else powers of two up to the cores (or --max-actors) and that cap."""
     if args.actor_counts:
-        return [int(x) for x in args.actor_counts.split(",") if x.strip()]
+        return int_list(args.actor_counts)
+    if args.capacity:  # the check of the prediction
+        return [1, 2]
     cap = max(1, min(os.cpu_count() or 1, args.max_actors or os.cpu_count() or 1))
     counts, n = [], 1
     while n <= cap:
@@ -89,7 +110,7 @@ def train_command(args: argparse.Namespace, runtime: str, actors: int | None = N
     """A TrainCommand through the same parser as launch.py, so presets and checks are the real ones."""
     flags = ["--runtime", runtime, "--preset", args.preset, "--dataset", args.dataset, "--data-dir", str(args.data_dir),
              "--total-updates", str(HUGE_UPDATES), "--seed", str(args.seed), "--metrics-port", "-1",
-             "--num-replay-shards", str(args.num_replay_shards)]
+             "--num-replay-shards", str(args.num_replay_shards), "--learner-cpus", str(args.learner_cpus)]
     if runtime == "single-process":
         flags += ["--device", args.device]
     elif args.device != "auto":  # the Ray learner's device follows the GPUs it is given
@@ -170,6 +191,25 @@ def bench_ray(args: argparse.Namespace, goals: GoalSet, actors: int) -> Rates:
     return Rates("ray", actors, env, upd, window, note)
 
 
+def capacity_settings(args: argparse.Namespace, command: TrainCommand) -> CapacitySettings:
+    """The capacity section's settings: the Ray run's shards, learner threads and device."""
+    gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    return CapacitySettings(seconds=args.component_seconds, table_actors=tuple(int_list(args.table_actors)),
+                            table_shards=tuple(int_list(args.table_shards)), num_shards=args.num_replay_shards,
+                            learner_threads=args.learner_cpus, learner_device="cuda" if gpu else "cpu",
+                            publish_every=command.args.publish_every, seed=args.seed)
+
+
+def bench_capacity(args: argparse.Namespace, goals: GoalSet) -> tuple:
+    """Component costs and the predicted table, measured before Ray starts so that alone means alone."""
+    command = train_command(args, "ray", 1)
+    settings = capacity_settings(args, command)
+    costs = measure_components(command.config, goals, settings)
+    print_costs(costs, command.config, settings)
+    print_scaling(costs, settings)
+    return costs, settings
+
+
 def print_machine(args: argparse.Namespace) -> None:
     """What the figures were measured on, printed before any of them."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
@@ -212,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     print_machine(args)
     goals = load_goals(args.dataset, args.data_dir)
+    capacity = bench_capacity(args, goals) if args.capacity else None
     rows = [] if args.skip_single else [report(bench_single(args, goals))]
     if not args.skip_ray:
         import ray
@@ -223,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             ray.shutdown()
     print_table(rows)
+    if capacity is not None:
+        print_check(*capacity, [(r.actors, r.env_per_s, r.updates_per_s) for r in rows if r.runtime == "ray"])
     return 0
 
 

@@ -53,8 +53,20 @@ class ReplayMemory:
         if self.size == 0:
             raise RuntimeError(f"cannot sample from empty replay memory {self.name!r}")
         ages = rng.integers(0, self.size, size=count)  # drawn by age, so a restored copy draws the same items
-        slots = (self._oldest_slot() + ages) % self.capacity
+        slots = self.slots(ages)
         return {key: column[slots] for key, column in self._data.items()}
+
+    def slots(self, ages: np.ndarray) -> np.ndarray:
+        """Where the items of these ages (0 = oldest held) sit in the columns."""
+        return (self._oldest_slot() + ages) % self.capacity
+
+    def array(self, key: str) -> np.ndarray:
+        """The whole preallocated column [capacity, *shape]: views index it by slots() without a copy."""
+        return self._data[key]
+
+    def nbytes(self) -> int:
+        """Bytes the preallocated columns take, full or not: what the memory costs its process."""
+        return sum(column.nbytes for column in self._data.values())
 
     def _oldest_slot(self) -> int:
         return self._next if self.size == self.capacity else 0
@@ -82,7 +94,11 @@ class ReplayMemory:
     def restore(self, arrays: dict[str, np.ndarray], inserted_total: int) -> None:
         """Refill from state_arrays(); keeps the newest items if the capacity has shrunk."""
         self.check_state(arrays)
-        self._next, self.size = 0, 0
+        self.clear()
         if len(arrays[next(iter(self.columns))]):
             self.insert({k: arrays[k] for k in self.columns})
         self.inserted_total = inserted_total
+
+    def clear(self) -> None:
+        """Forget every item (the columns stay allocated)."""
+        self._next, self.size, self.inserted_total = 0, 0, 0

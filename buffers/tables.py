@@ -1,29 +1,29 @@
-"""The paper's three replay memories behind one insert and one sample call: one shard's contents.
+"""One replay shard's contents: the episode ring, the paper's three memories drawn from it, and a limiter.
 
-Inserting a TrajectoryBatch fills all three (section 3.2, Algorithm 1 lines 8 and 10):
-  R_GC-select: transitions (x_h, h, a_h, x_{h+1}, loss_h, goal) for the Q-network,
-  R_S-select:  selections (x_h, h, a_h) for the S-agent's imitation,
-  R_S-prop:    sequences (a_1..a_H, goal) for the unfolded proposal network.
-Goals are dataset indices. A sample call draws a batch from each memory that is due, gated by the
-samples-per-insert limiter counted on GC transitions. Plain Python: the single-process trainer
-uses it directly and a Ray replay shard wraps it.
+Plain numpy, no Ray: the single-process trainer uses it directly and a Ray replay shard wraps it.
+Each episode's states are stored once (buffers/episodes.py); GC transitions and S-select samples are
+views of the newest episodes, S-prop sequences a small ring of their own. A checkpoint is a header
+message plus bounded chunks of episodes, so neither writer nor reader ever holds a second full copy.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from buffers.episodes import episode_ring, episodes_needed, gc_transitions, selection_samples, StepView
 from buffers.memory import Column, ReplayMemory
 from buffers.rate_limiter import SampleToInsertRatio
 from common.config import ReplayConfig
-from common.errors import CheckpointError
+from common.errors import CheckpointError, MessageError
 from common.state import numpy_rng_from_text, numpy_rng_to_text
 from common.messages import TrajectoryBatch, TrajectorySpec, pack_arrays, unpack_arrays
 
 MEMORY_NAMES = ("gc_transitions", "selections", "proposal_sequences")
+LAYOUT = "episodes-once"  # replay-shard checkpoint layout: episodes stored once, in chunks
 
 
 @dataclass
@@ -71,20 +71,17 @@ def error_buffer(replay: ReplayConfig, q_batch: int, insert_transitions: int) ->
 
 
 class ReplayTables:
-    """One shard: the three memories, their limiter and their random stream."""
+    """One shard: the episode ring, the three memories over it, their limiter and their random stream."""
 
     def __init__(self, replay: ReplayConfig, spec: TrajectorySpec, q_batch: int, insert_transitions: int,
                  num_shards: int = 1, seed: int = 0):
         self.spec = spec
-        image, h = tuple(spec.image_shape), spec.horizon
+        h = spec.horizon
         share = lambda n: max(1, math.ceil(n / num_shards))  # noqa: E731 - each shard holds 1/S
-        self.gc_transitions = ReplayMemory("gc_transitions", {
-            "state": Column(image, "float32"), "step": Column((), "int16"), "selection": Column((), "int16"),
-            "next_state": Column(image, "float32"), "loss": Column((), "float32"),
-            "goal_index": Column((), "int64")}, share(replay.gc_capacity))
-        self.selections = ReplayMemory("selections", {
-            "state": Column(image, "float32"), "step": Column((), "int16"),
-            "selection": Column((), "int16")}, share(replay.selection_capacity))
+        gc, selections = share(replay.gc_capacity), share(replay.selection_capacity)
+        self.episodes = episode_ring(spec.image_shape, h, episodes_needed((gc, selections), h), replay.state_dtype)
+        self.gc_transitions = StepView("gc_transitions", self.episodes, h, gc, gc_transitions)
+        self.selections = StepView("selections", self.episodes, h, selections, selection_samples)
         self.proposal_sequences = ReplayMemory("proposal_sequences", {
             "selections": Column((h,), "int16"), "goal_index": Column((), "int64")},
             share(replay.proposal_capacity))
@@ -92,31 +89,21 @@ class ReplayTables:
                                            error_buffer(replay, q_batch, insert_transitions))
         self.rng = np.random.default_rng(seed)
 
-    def memories(self) -> tuple[ReplayMemory, ReplayMemory, ReplayMemory]:
-        """The three memories in the paper's order, for code that treats them alike."""
-        return self.gc_transitions, self.selections, self.proposal_sequences
+    def memories(self) -> tuple[ReplayMemory, ReplayMemory]:
+        """The rings that hold data (episodes, S-prop sequences), for code that saves or compares contents."""
+        return self.episodes, self.proposal_sequences
 
     def can_insert(self, batch_size: int) -> bool:
         """Whether B more episodes (B * H transitions) keep the learner within the ratio."""
         return self.limiter.can_insert(batch_size * self.spec.horizon)
 
     def insert(self, batch: TrajectoryBatch) -> None:
-        """Check the batch, then spread it over the three memories (Algorithm 1, lines 8 and 10)."""
+        """Check the batch, then store each episode once (Algorithm 1, lines 8 and 10)."""
         batch.check(self.spec)
-        b, h = len(batch), self.spec.horizon
-        image = tuple(self.spec.image_shape)
-        states = batch.states[:, :-1].reshape((b * h,) + image)  # x_h for h = 1..H, episode-major
-        steps = np.tile(np.arange(h, dtype=np.int16), b)
-        selections = batch.selections.reshape(b * h)
-        losses = np.zeros((b, h), dtype=np.float32)
-        losses[:, -1] = batch.final_loss  # the loss is zero except at h = H
-        self.gc_transitions.insert({
-            "state": states, "step": steps, "selection": selections,
-            "next_state": batch.states[:, 1:].reshape((b * h,) + image), "loss": losses.reshape(b * h),
-            "goal_index": np.repeat(batch.goal_indices, h)})
-        self.selections.insert({"state": states, "step": steps, "selection": selections})
+        self.episodes.insert({"states": batch.states, "selections": batch.selections,
+                              "goal_index": batch.goal_indices, "final_loss": batch.final_loss})
         self.proposal_sequences.insert({"selections": batch.selections, "goal_index": batch.goal_indices})
-        self.limiter.record_insert(b * h)
+        self.limiter.record_insert(len(batch) * self.spec.horizon)
 
     def can_sample(self, request: SampleRequest) -> bool:
         """Whether the ratio allows this step's draw (counted on GC transitions)."""
@@ -124,44 +111,91 @@ class ReplayTables:
 
     def sample(self, request: SampleRequest) -> ReplaySample:
         """Uniform batches from each memory the request asks of; the caller checked can_sample."""
-        draw = lambda memory, n: memory.sample(n, self.rng) if n else None  # noqa: E731
         self.limiter.record_sample(max(request.gc_transitions, 1))
+        draw = lambda memory, n: memory.sample(n, self.rng) if n else None  # noqa: E731
         return ReplaySample(draw(self.gc_transitions, request.gc_transitions),
                             draw(self.selections, request.selections),
                             draw(self.proposal_sequences, request.proposal_sequences))
 
     def sizes(self) -> dict[str, int]:
-        """Items held per memory, for the replay-size gauge."""
-        return {m.name: m.size for m in self.memories()}
+        """Items held per memory (and episodes), for the replay-size gauge."""
+        return {"gc_transitions": self.gc_transitions.size, "selections": self.selections.size,
+                "proposal_sequences": self.proposal_sequences.size, "episodes": self.episodes.size}
 
-    def to_message(self) -> bytes:
-        """Everything needed to continue: contents oldest first, counters, limiter and random state."""
-        arrays = {f"{m.name}/{k}": v for m in self.memories() for k, v in m.state_arrays().items()}
-        meta = {"inserted": {m.name: m.inserted_total for m in self.memories()},
+    def nbytes(self) -> int:
+        """Bytes of this shard's preallocated replay: what it costs its process once full."""
+        return sum(m.nbytes() for m in self.memories())
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the held contents and counters: equal contents give equal fingerprints."""
+        sha = hashlib.sha256(repr((self.sizes(), self.limiter.inserts, self.limiter.samples)).encode())
+        for memory in self.memories():
+            for key, value in sorted(memory.state_arrays().items()):
+                sha.update(key.encode() + np.ascontiguousarray(value).tobytes())
+        return sha.hexdigest()
+
+    def header_message(self, chunks: list[str]) -> bytes:
+        """Everything but the episodes: S-prop sequences, counters, limiter, random state, chunk names."""
+        arrays = {f"proposal_sequences/{k}": v for k, v in self.proposal_sequences.state_arrays().items()}
+        meta = {"layout": LAYOUT, "episodes": self.episodes.size, "chunks": chunks,
+                "inserted": {m.name: m.inserted_total for m in self.memories()},
                 "limiter": [self.limiter.inserts, self.limiter.samples],
                 "rng": numpy_rng_to_text(self.rng), "spec": _spec_list(self.spec)}
         return pack_arrays("replay_shard", arrays, meta)
 
-    def restore(self, payload: bytes) -> None:
-        """Inverse of to_message; refuses a payload made for other images, H, A or goals."""
-        arrays, meta = unpack_arrays(payload, "replay_shard")
+    def episode_chunks(self, chunk_bytes: int):
+        """The held episodes oldest first, as msgpack chunks of at most ~chunk_bytes each."""
+        per_episode = max(1, self.episodes.nbytes() // max(1, self.episodes.capacity))
+        step = max(1, chunk_bytes // per_episode)
+        for first in range(0, self.episodes.size, step):
+            ages = np.arange(first, min(first + step, self.episodes.size))
+            slots = self.episodes.slots(ages)
+            arrays = {k: self.episodes.array(k)[slots] for k in self.episodes.columns}
+            yield pack_arrays("replay_episodes", arrays, {"first": first})
+
+    def restore(self, header: bytes, read_chunk) -> None:
+        """Refill from header_message() and its chunks (read_chunk(name) -> bytes), oldest episodes first.
+
+        The header is checked before anything changes; a chunk that turns out bad empties the shard and
+        raises CheckpointError, so a shard never serves a half-restored replay.
+        """
+        arrays, meta = unpack_arrays(header, "replay_shard")
+        parsed = self._check_header(arrays, meta)
+        try:
+            self._refill(parsed, read_chunk)
+        except (CheckpointError, MessageError) as exc:
+            for memory in self.memories():
+                memory.clear()
+            raise CheckpointError(f"replay shard state is damaged: {exc}") from exc
+
+    def _check_header(self, arrays: dict, meta: dict) -> dict:
         if meta.get("spec") != _spec_list(self.spec):
             raise CheckpointError(f"replay shard was saved for {meta.get('spec')}, this run needs "
                                   f"{_spec_list(self.spec)} (image shape, H, A, number of goals)")
+        if meta.get("layout") != LAYOUT:
+            raise CheckpointError(f"replay shard layout is {meta.get('layout')!r}, this code reads {LAYOUT!r}")
         try:
-            columns = {m.name: {k.partition("/")[2]: v for k, v in arrays.items() if k.startswith(m.name + "/")}
-                       for m in self.memories()}
-            inserted = {m.name: int(meta["inserted"][m.name]) for m in self.memories()}
-            inserts, samples = (int(v) for v in meta["limiter"])
-            rng_state = numpy_rng_from_text(meta["rng"])
+            proposals = {k.partition("/")[2]: v for k, v in arrays.items() if k.startswith("proposal_sequences/")}
+            parsed = {"proposals": proposals, "chunks": [str(c) for c in meta["chunks"]],
+                      "inserted": {m.name: int(meta["inserted"][m.name]) for m in self.memories()},
+                      "limiter": [int(v) for v in meta["limiter"]], "rng": numpy_rng_from_text(meta["rng"])}
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"replay shard state is incomplete: {exc!r}") from exc
-        for memory in self.memories():  # check all before changing any
-            memory.check_state(columns[memory.name])
-        for memory in self.memories():
-            memory.restore(columns[memory.name], inserted[memory.name])
-        self.limiter.inserts, self.limiter.samples = inserts, samples
-        self.rng.bit_generator.state = rng_state
+        self.proposal_sequences.check_state(proposals)
+        return parsed
+
+    def _refill(self, parsed: dict, read_chunk) -> None:
+        self.episodes.clear()
+        dtype = self.episodes.columns["states"].dtype
+        for name in parsed["chunks"]:
+            arrays, _ = unpack_arrays(read_chunk(name), "replay_episodes")
+            arrays = dict(arrays, states=arrays["states"].astype(dtype)) if "states" in arrays else arrays
+            self.episodes.check_state(arrays)
+            self.episodes.insert(arrays)
+        self.episodes.inserted_total = parsed["inserted"]["episodes"]
+        self.proposal_sequences.restore(parsed["proposals"], parsed["inserted"]["proposal_sequences"])
+        self.limiter.inserts, self.limiter.samples = parsed["limiter"]
+        self.rng.bit_generator.state = parsed["rng"]
 
 
 def _spec_list(spec: TrajectorySpec) -> list:

@@ -10,7 +10,8 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.config import ExperimentConfig, apply_overrides
+from common.config import (ExperimentConfig, apply_overrides, check_int_range, check_non_negative, check_positive,
+                           check_positive_int)
 from common.data import DATASETS
 from common.device import DEVICE_CHOICES
 from common.errors import ConfigError
@@ -19,6 +20,8 @@ from common.run import RunOptions
 from common.training_eval import EvalOptions
 
 RUNTIMES = ("ray", "single-process")
+SEED_MAX = 2**32 - 1  # the largest seed numpy's legacy seeding takes (torch and default_rng take more)
+RAY_RESOURCE_UNIT = 0.0001  # Ray refuses a non-zero resource quantity below this, with a traceback
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -94,6 +97,8 @@ def add_ray_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--metrics-port", type=int, default=8000, help="Prometheus endpoint on the driver (0: any free port, -1: off)")
     g.add_argument("--address", help="Ray cluster to join, e.g. auto; default: start Ray locally")
     g.add_argument("--publish-every", type=int, default=20, help="learner steps between weight publications")
+    g.add_argument("--max-learner-restarts", type=int, default=3,
+                   help="times the driver restarts a dead learner from the newest checkpoint before ending the run")
 
 
 def load_config(args: argparse.Namespace) -> tuple[str, ExperimentConfig]:
@@ -137,12 +142,47 @@ def _parse_set(item: str) -> dict:
     return {section: {name: value}}
 
 
+def check_numeric_flags(args: argparse.Namespace) -> None:
+    """Range-check the numeric flags no settings object checks, so a bad one stops the run before anything starts.
+
+    --total-updates, --time-limit, --checkpoint-every, --keep-checkpoints, --progress-every and --threads are
+    checked by RunOptions, the --eval-* flags by EvalOptions, as parse_train builds them.
+    """
+    if args.num_goals is not None:
+        check_positive_int("--num-goals", args.num_goals)
+    check_int_range("--seed", args.seed, 0, SEED_MAX)
+    check_ray_flags(args)
+
+
+def check_ray_flags(args: argparse.Namespace) -> None:
+    """The Ray runtime's flags, checked whatever the runtime so a bad value is never silently carried along.
+
+    A placement Ray could never schedule waits forever, and a bad port or count fails deep inside Ray or
+    the metrics server with a traceback; here each is one line naming the flag.
+    """
+    if args.num_actors is not None:  # 0 is refused, not taken as "the default"
+        check_positive_int("--num-actors", args.num_actors)
+    check_positive_int("--num-replay-shards", args.num_replay_shards)
+    check_positive("--actor-cpus", args.actor_cpus)
+    check_non_negative("--actor-gpus", args.actor_gpus)
+    check_positive("--learner-cpus", args.learner_cpus)
+    if args.learner_gpus is not None:
+        check_non_negative("--learner-gpus", args.learner_gpus)
+    for flag in ("--actor-cpus", "--actor-gpus", "--learner-cpus", "--learner-gpus"):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None and 0 < value < RAY_RESOURCE_UNIT:
+            raise ConfigError(f"{flag} must be at least {RAY_RESOURCE_UNIT} (Ray's smallest unit) when not 0, "
+                              f"got {value!r}")
+    check_int_range("--metrics-port", args.metrics_port, -1, 65535, " (-1: off, 0: any free port)")
+    check_positive_int("--publish-every", args.publish_every)
+    check_int_range("--max-learner-restarts", args.max_learner_restarts, 0)
+
+
 def parse_train(argv: list[str], description: str) -> TrainCommand:
     """Parse and check training flags; every bad value raises ConfigError with one line."""
     args = build_parser(description).parse_args(argv)
+    check_numeric_flags(args)
     name, config = load_config(args)
-    if args.num_goals is not None and args.num_goals <= 0:
-        raise ConfigError(f"--num-goals must be a positive integer, got {args.num_goals}")
     data = DataOptions(args.dataset, args.data_dir, args.download, args.num_goals)
     run = RunOptions(total_updates=args.total_updates, time_limit=args.time_limit,
                      checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,

@@ -47,6 +47,17 @@ def check_non_negative(name: str, value) -> None:
         raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
 
 
+def check_int_range(name: str, value, low: int, high: int | None = None, meaning: str = "") -> None:
+    """Refuse anything but an integer in [low, high] (no upper bound when high is None), naming the setting.
+
+    For bounds the other checks cannot say, like a seed numpy accepts or a TCP port with special values;
+    `meaning` explains them in the message, e.g. " (-1: off)".
+    """
+    if not _is_int(value) or value < low or (high is not None and value > high):
+        expected = f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}"
+        raise ConfigError(f"{name} must be {expected}{meaning}, got {value!r}")
+
+
 def check_bool(name: str, value) -> None:
     """Refuse anything but true or false, naming the setting."""
     if not isinstance(value, bool):
@@ -208,10 +219,12 @@ class ReplayConfig:
     min_size_to_sample: int = 2_000  # GC transitions needed before the first update
     samples_per_insert: float = 8.0
     samples_per_insert_tolerance: float = 0.5  # allowed drift, as a fraction of min_size_to_sample
+    state_dtype: str = "float32"  # how replay keeps the states x_h; "float16" halves replay memory (an extension)
 
     def __post_init__(self):
         for name in ("gc_capacity", "selection_capacity", "proposal_capacity", "min_size_to_sample"):
             check_positive_int(f"replay.{name}", getattr(self, name))
+        check_choice("replay.state_dtype", self.state_dtype, ("float32", "float16"))
         check_positive("replay.samples_per_insert", self.samples_per_insert)
         check_positive("replay.samples_per_insert_tolerance", self.samples_per_insert_tolerance)
         if self.min_size_to_sample > self.gc_capacity:

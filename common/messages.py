@@ -156,10 +156,23 @@ def _in_range(array: np.ndarray, name: str, bound: int) -> None:
                            f"outside [0, {bound})")
 
 
-def pack_weights(weights: dict[str, np.ndarray], version: int) -> bytes:
-    """One published version of the agent's weights, as the learner puts it in the object store."""
-    return pack_arrays("weights", {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()},
-                       {"version": int(version)})
+def pack_weights(weights: dict[str, np.ndarray], version: int, updates: int | None = None) -> bytes:
+    """One published version of the agent's weights, as the learner puts it in the object store.
+
+    `updates` (the learner steps behind these weights) travels with them, so a process that evaluates
+    them later (the evaluation actor) can say which point of training its figures belong to.
+    """
+    meta = {"version": int(version)} if updates is None else {"version": int(version), "updates": int(updates)}
+    return pack_arrays("weights", {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}, meta)
+
+
+def weights_updates(payload: bytes) -> int | None:
+    """The learner steps a weights message was published at; None for one packed without them."""
+    _, meta = unpack_arrays(payload, "weights")
+    updates = meta.get("updates")
+    if updates is not None and (not isinstance(updates, int) or isinstance(updates, bool) or updates < 0):
+        raise MessageError(f"weights message updates must be an int >= 0, got {updates!r}")
+    return updates
 
 
 def unpack_weights(payload: bytes, expected: dict[str, tuple[int, ...]]) -> tuple[dict[str, np.ndarray], int]:

@@ -1,8 +1,10 @@
 """The small evaluation during training: when it is due, what it needs, and how it is reported.
 
-Both runtimes hold one TrainingEvaluation and call `run` with their current agent when `due()`: the
-single-process trainer with its own networks, the Ray driver with the learner's newest weights. The
-results go to the progress line, to Prometheus gauges (Ray runtime) and to <checkpoint-dir>/eval/.
+Both runtimes hold one TrainingEvaluation and call `run` with an agent when `due()`: the single-process
+trainer with its own networks (learning waits, it is one process), the Ray runtime's evaluation actor
+with the newest published weights (learning goes on). The Ray driver only builds an EvaluationRequest,
+what that actor needs. The results go to the progress line, to Prometheus gauges (Ray runtime) and to
+<checkpoint-dir>/eval/.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 
 from common.config import ExperimentConfig, check_non_negative, check_positive_int
-from common.data import GoalSet, load_goals
+from common.data import GoalSet, load_goals, to_unit_range
 from common.errors import ConfigError
 
 DEFAULT_GPU_FID_SAMPLES = 2000
@@ -51,17 +53,48 @@ def resolve_fid_samples(options: EvalOptions, device: torch.device) -> int:
     return DEFAULT_GPU_FID_SAMPLES if device.type == "cuda" and _fid_network_installed() else 0
 
 
+def fixed_test_batch(options: EvalOptions, dataset: str, data_dir) -> torch.Tensor:
+    """The fixed test batch: the first --eval-test-goals images of the test split, uint8 [B, C, H, W]."""
+    test = load_goals(dataset, data_dir, "test")
+    return test.images[:min(options.test_goals, len(test))]
+
+
+@dataclass(frozen=True)
+class EvaluationRequest:
+    """What an evaluation in another process needs: the options, the test batch, where to write, the data name.
+
+    The Ray driver hands it to its evaluation actor and posts the test pixels on the run's coordinator
+    (the object store), so the actor's node needs no --data-dir; the run folder is written by that node,
+    which is the driver's unless Ray had to place the actor elsewhere.
+    """
+
+    options: EvalOptions
+    test_images: np.ndarray | None  # [B, C, H, W] uint8 (None on the way to the actor: the coordinator holds them)
+    run_dir: Path | None  # absolute: another process may have another working directory
+    dataset: str  # the training set's name, for the FID reference cache
+    cpus: float = 0.0  # Ray CPUs the actor reserves: none by default, so it never waits for a CPU the actors took
+    gpus: float = 0.0  # a GPU fraction; the actor evaluates on the CPU without one
+
+    @classmethod
+    def load(cls, options: EvalOptions, dataset: str, data_dir, run_dir: Path | None) -> EvaluationRequest:
+        """Read the test batch here, where the data is."""
+        images = fixed_test_batch(options, dataset, data_dir).numpy()
+        return cls(options, images, Path(run_dir).resolve() if run_dir is not None else None, dataset)
+
+
 class TrainingEvaluation:
     """A PeriodicEvaluator on a fixed test batch, plus the clock that says when it is due."""
 
-    def __init__(self, options: EvalOptions, config: ExperimentConfig, train_goals: GoalSet, dataset: str,
-                 data_dir, run_dir: Path | None, device: torch.device):
+    def __init__(self, options: EvalOptions, config: ExperimentConfig, train_goals: GoalSet, dataset: str | None,
+                 data_dir, run_dir: Path | None, device: torch.device, test_images: torch.Tensor | None = None):
+        """`test_images` (uint8 [B, C, H, W]) is the test batch when the caller has it (the evaluation actor,
+        from an EvaluationRequest); without it the batch is read from `data_dir`."""
         from common.evaluation import PeriodicEvaluator, training_scorer  # torchmetrics only when evaluating
 
         self.options, self.device = options, device
-        test = load_goals(dataset, data_dir, "test")
-        count = min(options.test_goals, len(test))
-        pixels = test.goals(np.arange(count), device)
+        test = fixed_test_batch(options, dataset, data_dir) if test_images is None else test_images
+        count = test.shape[0]
+        pixels = to_unit_range(test.to(device))  # [B, C, H, W] float32 in [-1, 1]
         fid = resolve_fid_samples(options, device)
         scorer = training_scorer(train_goals, device=device) if fid else None
         self.evaluator = PeriodicEvaluator(config, pixels, run_dir, fid, scorer)

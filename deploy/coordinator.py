@@ -37,6 +37,11 @@ class RunNames:
         """Name of rollout actor `index` (tests and operators find actors by it)."""
         return f"gcrl-{self.run_id}-rollout-{index}"
 
+    @property
+    def evaluation(self) -> str:
+        """Name of the evaluation actor (tests and operators find it by it)."""
+        return f"gcrl-{self.run_id}-evaluation"
+
     def lookup(self) -> tuple:
         """(coordinator, [shards]) handles, from inside any process of the run."""
         coordinator = ray.get_actor(self.coordinator, namespace=NAMESPACE)
@@ -52,6 +57,7 @@ class Coordinator:
         self.version = -1
         self.weights: list = []  # [ObjectRef]: a list, so Ray hands the reference over unresolved
         self.stopped = False
+        self.test_batch: list = []  # [ObjectRef] to the evaluation's uint8 test images, once posted
 
     def publish(self, version: int, weights: list) -> None:
         """Replace the posted weights; the previous reference is dropped here."""
@@ -64,6 +70,14 @@ class Coordinator:
     def goals(self) -> list:
         """[reference] to the training images: actors fetch them here, so a restarted actor finds them too."""
         return self.goal_images
+
+    def post_test_batch(self, images: list) -> None:
+        """Keep [reference] to the evaluation's fixed test batch, where a restarted evaluation actor finds it."""
+        self.test_batch = images
+
+    def test_images(self) -> list:
+        """[reference] to the evaluation's test batch ([] before the driver posts it)."""
+        return self.test_batch
 
     def stop(self) -> None:
         """Ask every rollout actor to end its loop after the current rollout."""

@@ -11,86 +11,31 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
 
 import ray
 import torch
 
+from actors.evaluation_actor import EvaluationClient, start_evaluation
 from actors.rollout_actor import ActorSettings, RolloutActor
 from buffers.shard import ReplayShard
 from common.checkpoint import Checkpoint, decode_learner_state, load_checkpoint, save_checkpoint
 from common.cli import TrainCommand
-from common.config import check_non_negative, check_positive, check_positive_int
 from common.data import GoalSet
 from common.errors import CheckpointError, ConfigError, UserError
 from common.networks import VAgent, load_weights_message
 from common.progress import LossTracker, ProgressPrinter, Throughput
 from common.run import RunSummary, StopSignal, start_state, trajectory_spec
 from common.state import check_compatible, checkpoint_meta
-from common.training_eval import TrainingEvaluation, describe
+from common.training_eval import EvaluationRequest, TrainingEvaluation, describe
 from deploy.coordinator import NAMESPACE, Coordinator, RunNames
 from deploy.metrics import RunMetrics
+from deploy.placement import (RAY_START_RECORD, Placement, check_local_placement, cluster_address,  # noqa: F401
+                              connect, report_cluster_shortfall, resolve_placement)
+from deploy.supervision import LearnerLost, LearnerSupervisor
 from learner.actor import LearnerActor, LearnerSettings
 
 SLICE_SECONDS = 1.0  # learning between two polls of the actors
-RAY_START_RECORD = Path("/tmp/ray/ray_current_cluster")  # written by `ray start`, removed by `ray stop`
 ACTOR_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError)
-
-
-@dataclass(frozen=True)
-class Placement:
-    """How many of each process and what each asks of the cluster."""
-
-    num_actors: int
-    num_shards: int
-    actor_cpus: float
-    actor_gpus: float
-    learner_cpus: float
-    learner_gpus: float
-
-    def __post_init__(self):
-        check_positive_int("--num-actors", self.num_actors)
-        check_positive_int("--num-replay-shards", self.num_shards)
-        check_positive("--actor-cpus", self.actor_cpus)
-        check_positive("--learner-cpus", self.learner_cpus)
-        check_non_negative("--actor-gpus", self.actor_gpus)
-        check_non_negative("--learner-gpus", self.learner_gpus)
-
-    def cpus_needed(self) -> float:
-        """Logical CPUs the run asks of the cluster (a local Ray is started with at least this many)."""
-        return self.num_actors * self.actor_cpus + self.learner_cpus + self.num_shards * 0.25
-
-
-def cluster_address(address: str | None) -> str | None:
-    """The cluster to join: --address, else RAY_ADDRESS, else the one `ray start` recorded on this node
-    (as on a head node after `ray up`, where `ray submit` runs launch.py); None means start a local Ray."""
-    return address or os.environ.get("RAY_ADDRESS") or ("auto" if RAY_START_RECORD.exists() else None)
-
-
-def connect(address: str | None, wanted_cpus: float) -> bool:
-    """Join the cluster at `address`, or (None) start a private Ray here; True when this process started it."""
-    if address:
-        try:
-            ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
-        except ConnectionError as exc:
-            raise ConfigError(f"cannot reach the Ray cluster at {address!r} ({exc}); start it, run `ray stop` "
-                              "to clear a stale record, or pass --address".splitlines()[0]) from exc
-        print(f"joined the Ray cluster at {address} ({ray.cluster_resources().get('CPU', 0):.0f} CPUs)", flush=True)
-        return False
-    cpus = max(os.cpu_count() or 1, int(wanted_cpus + 0.999))  # a laptop may oversubscribe its cores
-    ray.init(address="local", num_cpus=cpus, namespace=NAMESPACE, logging_level="WARNING")  # never join a stray one
-    print(f"started a local Ray with {cpus} CPUs", flush=True)
-    return True
-
-
-def resolve_placement(args, cluster: dict) -> Placement:
-    """Fill defaults from the cluster: actors fill the CPUs left, the learner takes a GPU if any."""
-    learner_gpus = args.learner_gpus if args.learner_gpus is not None else (1.0 if cluster.get("GPU", 0) >= 1 else 0.0)
-    if learner_gpus > cluster.get("GPU", 0):
-        raise ConfigError(f"--learner-gpus {learner_gpus} but the cluster has {cluster.get('GPU', 0)} GPUs")
-    actors = args.num_actors or max(1, int(cluster.get("CPU", 1) - args.learner_cpus - 0.25 * args.num_replay_shards))
-    return Placement(actors, args.num_replay_shards, args.actor_cpus, args.actor_gpus, args.learner_cpus, learner_gpus)
 
 
 def run_distributed(command: TrainCommand, goals: GoalSet, evaluation: TrainingEvaluation | None = None) -> RunSummary:
@@ -98,14 +43,18 @@ def run_distributed(command: TrainCommand, goals: GoalSet, evaluation: TrainingE
     args = command.args
     checkpoint = load_resume(command, goals)  # a bad checkpoint stops the run before Ray starts
     address = cluster_address(args.address)
-    if address is None:  # a local Ray is sized to the placement, so nothing waits for a CPU it cannot get
-        local = {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}
-        planned = resolve_placement(args, local)
-        started = connect(None, planned.cpus_needed())
-    else:
+    if address is None:  # a local Ray is sized to the placement, after refusing one it could never hold
+        cores, gpus = os.cpu_count() or 1, torch.cuda.device_count()
+        placement = resolve_placement(args, {"CPU": cores, "GPU": gpus})
+        check_local_placement(placement, cores, gpus)
+        started = connect(None, placement.cpus_needed())
+    else:  # a real cluster may still grow: say what the run waits for, and wait
         started = connect(address, 0)
-    try:
         placement = resolve_placement(args, ray.cluster_resources())
+        shortfall = report_cluster_shortfall(placement, ray.cluster_resources())
+        if shortfall:
+            print(shortfall, flush=True)
+    try:
         run = DistributedRun(command, goals, placement, checkpoint, evaluation)
         return run.train()
     finally:
@@ -137,9 +86,11 @@ class DistributedRun:
     """One training run on Ray: its actors, metrics and counters."""
 
     def __init__(self, command: TrainCommand, goals: GoalSet, placement: Placement, checkpoint: Checkpoint | None = None,
-                 evaluation: TrainingEvaluation | None = None):
-        self.command, self.goals, self.placement, self.evaluation = command, goals, placement, evaluation
-        self._eval_agent = None
+                 evaluation: EvaluationRequest | TrainingEvaluation | None = None):
+        self.command, self.goals, self.placement = command, goals, placement
+        in_actor = isinstance(evaluation, EvaluationRequest)  # else a hook run here (bench/quality.py's probe)
+        self.evaluation = None if in_actor else evaluation
+        self._eval_agent, self._evaluations = None, []  # results poll() gathered and maybe_evaluate() prints
         self.config, self.options = command.config, command.run
         self.metrics, self.losses, self.counters = RunMetrics(), LossTracker(), Throughput()
         self.metrics_port = self.metrics.serve(command.args.metrics_port) if command.args.metrics_port >= 0 else None
@@ -152,12 +103,18 @@ class DistributedRun:
         self.coordinator = Coordinator.options(name=self.names.coordinator).remote([images])
         self.x1 = start_state(self.config, goals)
         x1 = self.x1.numpy()
+        self.checkpoint_dir = command.run.checkpoint_dir.resolve() if command.run.checkpoint_dir else None
         self.shards = [self._make_shard(i) for i in range(placement.num_shards)]
-        self.learner = self._make_learner(images, x1, checkpoint)
+        self._check_checkpoint_dir()
+        self.learner = LearnerSupervisor(lambda state: self._make_learner(images, x1, state), self.checkpoint_dir,
+                                         command.args.max_learner_restarts, self._learner_restarted,
+                                         checkpoint.learner_bytes if checkpoint is not None else None)
         if checkpoint is not None:
-            self._restore_shards(checkpoint.replay_shards)
+            self._restore_shards(checkpoint)
         self.actors = [self._make_actor(i, x1) for i in range(placement.num_actors)]
-        learner = ray.get(self.learner.stats.remote())
+        self.evaluator = (start_evaluation(self.names, evaluation, self.config, x1, self.metrics) if in_actor
+                          else EvaluationClient())
+        learner = ray.get(self.learner.handle.stats.remote())
         self.metrics.learner_baseline(learner["updates"])
         print(f"ray runtime: {placement.num_actors} rollout actors, {placement.num_shards} replay shards, learner on "
               f"{learner['device']}; metrics on :{self.metrics_port}", flush=True)
@@ -166,13 +123,23 @@ class DistributedRun:
         cfg = self.config
         return ReplayShard.options(name=self.names.shard(index), scheduling_strategy="SPREAD").remote(
             cfg.replay, trajectory_spec(cfg, self.goals), cfg.learning.q_batch,
-            cfg.acting.goals_per_rollout * cfg.mdp.horizon, self.placement.num_shards, index, self.options.seed)
+            cfg.acting.goals_per_rollout * cfg.mdp.horizon, self.placement.num_shards, index, self.options.seed,
+            str(self.checkpoint_dir) if self.checkpoint_dir else None)
 
-    def _make_learner(self, images, x1, checkpoint):
+    def _check_checkpoint_dir(self) -> None:
+        """Shards write their own checkpoint files: refuse a --checkpoint-dir some shard's node cannot see."""
+        if self.checkpoint_dir is None:
+            return
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        seen = ray.get([s.can_see.remote(str(self.checkpoint_dir)) for s in self.shards])
+        if not all(seen):
+            raise ConfigError(f"--checkpoint-dir {self.checkpoint_dir} is not visible from the node of replay shard "
+                              f"{seen.index(False)}; on a cluster it must be on a filesystem every node mounts")
+
+    def _make_learner(self, images, x1, state: bytes | None):
         p, cfg = self.placement, self.config
         settings = LearnerSettings(device="cuda" if p.learner_gpus > 0 else "cpu", threads=max(1, int(p.learner_cpus)),
                                    publish_every=self.command.args.publish_every, seed=self.options.seed)
-        state = checkpoint.learner_bytes if checkpoint is not None else None
         return LearnerActor.options(num_cpus=p.learner_cpus, num_gpus=p.learner_gpus).remote(
             cfg.mdp, cfg.network, cfg.learning, images, x1, self.shards, self.coordinator, settings, state)
 
@@ -184,9 +151,12 @@ class DistributedRun:
                                     scheduling_strategy="SPREAD").remote(
             index, cfg.mdp, cfg.network, cfg.acting, x1, self.names, settings)
 
-    def _restore_shards(self, payloads: list[bytes]) -> None:
+    def _restore_shards(self, checkpoint: Checkpoint) -> None:
+        """Each shard reads its own files of the checkpoint, in parallel; nothing passes through here."""
+        folder = str(checkpoint.path.resolve())
         try:
-            sizes = ray.get([s.restore.remote(p) for s, p in zip(self.shards, payloads)])
+            sizes = ray.get([s.read_checkpoint.remote(folder, files)
+                             for s, files in zip(self.shards, checkpoint.replay_shards)])
         except ray.exceptions.RayTaskError as exc:
             raise unwrap(exc) from None
         print("replay restored: " + "; ".join(f"shard {i} {sz}" for i, sz in enumerate(sizes)), flush=True)
@@ -198,7 +168,11 @@ class DistributedRun:
         next_save, steps, reason = started + opts.checkpoint_every, 0, "total-updates"
         with StopSignal() as stop:
             while True:
-                steps = self.learn_slice()
+                try:
+                    steps = self.learn_slice()
+                except LearnerLost:
+                    self.release()
+                    raise
                 self.poll()
                 if steps >= opts.total_updates or stop or (opts.time_limit and time.monotonic() - started >= opts.time_limit):
                     reason = "total-updates" if steps >= opts.total_updates else (stop.received or "time-limit")
@@ -215,26 +189,31 @@ class DistributedRun:
 
     def learn_slice(self) -> int:
         """About a second of learner steps; returns the learner's total step count."""
-        stats = ray.get(self.learner.train.remote(SLICE_SECONDS, self.options.total_updates))
+        stats = self.learner.train(SLICE_SECONDS, self.options.total_updates)
         self.metrics.record_learner(stats)
         self.losses.update(stats["losses"])
         self.counters.updates = stats["steps"]
         return stats["steps"]
 
     def maybe_evaluate(self, steps: int, progress: ProgressPrinter) -> dict | None:
-        """When due, evaluate the learner's newest weights here; figures to gauges, progress and run folder."""
-        if self.evaluation is None or not self.evaluation.due():
-            return None
-        if self._eval_agent is None:
-            self._eval_agent = VAgent(self.goals.image_shape, self.config.mdp, self.config.network)
-        load_weights_message(self._eval_agent, ray.get(self.learner.weights.remote()))
-        result = self.evaluation.run(self._eval_agent.to(self.evaluation.device), self.x1, steps)
-        self.metrics.record_evaluation(result, steps)
-        progress.print(self.counters, self.losses, describe(result))
-        return result
+        """Print the evaluations finished since the last call (the evaluation actor's, gathered by poll()); the
+        newest, or None. A hook passed instead of an EvaluationRequest (bench/quality.py's probe, which pauses
+        learning on purpose and discounts its own time) is still run here when due."""
+        if self.evaluation is not None and self.evaluation.due():
+            if self._eval_agent is None:
+                self._eval_agent = VAgent(self.goals.image_shape, self.config.mdp, self.config.network)
+            load_weights_message(self._eval_agent, ray.get(self.learner.handle.weights.remote()))
+            result = self.evaluation.run(self._eval_agent.to(self.evaluation.device), self.x1, steps)
+            self.metrics.record_evaluation(result, steps)
+            self._evaluations.append({**result, "updates": steps})
+        finished, self._evaluations = self._evaluations, []
+        for result in finished:
+            progress.print(self.counters, self.losses, f"{describe(result)} (weights of update {result['updates']})")
+        return finished[-1] if finished else None
 
     def poll(self) -> None:
-        """Read every actor's and shard's counters into the metrics; dead ones are skipped this round."""
+        """Read every actor's and shard's counters, and finished evaluations, into the metrics; dead ones are
+        skipped this round."""
         before = self.metrics.env_steps_total, self.metrics.trajectories_total
         acting = 0
         for stats in self._gather([a.stats.remote() for a in self.actors]):
@@ -247,6 +226,9 @@ class DistributedRun:
             self.metrics.record_shard(stats)
         self.counters.env_steps += self.metrics.env_steps_total - before[0]
         self.counters.trajectories += self.metrics.trajectories_total - before[1]
+        for result in self.evaluator.collect():  # never waits for an evaluation; raises if the actor failed
+            self.metrics.record_evaluation(result, result["updates"])
+            self._evaluations.append(result)
 
     @staticmethod
     def _gather(refs: list, timeout: float = 2.0) -> list:
@@ -268,20 +250,37 @@ class DistributedRun:
         if self.options.checkpoint_dir is None:
             return None
         counters = {"env_steps": self.counters.env_steps, "trajectories": self.counters.trajectories}
-        try:
-            learner_bytes = ray.get(self.learner.state_bytes.remote({"counters": counters}))
-            shards = ray.get([s.save.remote() for s in self.shards], timeout=120)
-        except ACTOR_FAILURES as exc:
-            print(f"checkpoint at update {steps} skipped: a replay shard is restarting ({type(exc).__name__})", flush=True)
-            return None
         meta = checkpoint_meta(self.config, self.goals, self.command.preset_name, "ray")
-        return str(save_checkpoint(self.options.checkpoint_dir, steps, learner_bytes, shards, meta,
-                                   self.options.keep_checkpoints))
+        try:
+            learner_bytes = ray.get(self.learner.handle.state_bytes.remote({"counters": counters}), timeout=120)
+            return str(save_checkpoint(self.checkpoint_dir, steps, learner_bytes, self._write_replay, meta,
+                                       self.options.keep_checkpoints))
+        except ACTOR_FAILURES as exc:
+            print(f"checkpoint at update {steps} skipped: the learner or a replay shard is restarting "
+                  f"({type(exc).__name__})", flush=True)
+        except ray.exceptions.RayTaskError as exc:
+            raise unwrap(exc) from None
+        return None
+
+    def _write_replay(self, staging) -> dict:
+        """Every shard writes its own files into the staging folder, in parallel; their manifest entries."""
+        written = ray.get([s.write_checkpoint.remote(str(staging)) for s in self.shards], timeout=600)
+        return {name: info for files in written for name, info in files.items()}
+
+    def _learner_restarted(self, stats: dict) -> None:
+        """A new learner counts from its checkpoint's updates: re-baseline the metrics and count the restart."""
+        self.metrics.learner_restarted(stats["updates"])
+        self.counters.updates = stats["steps"]
 
     def shutdown(self, steps: int) -> str | None:
         """Stop the actors, write the final checkpoint, release every process of this run."""
         ray.get(self.coordinator.stop.remote())
         path = self.save(steps)
-        for handle in self.actors + self.shards + [self.learner, self.coordinator]:
-            ray.kill(handle, no_restart=True)
+        self.release()
         return path
+
+    def release(self) -> None:
+        """Kill every process of this run for good (no checkpoint: shutdown() writes one first)."""
+        self.evaluator.close()
+        for handle in self.actors + self.shards + [self.learner.handle, self.coordinator]:
+            ray.kill(handle, no_restart=True)

@@ -29,6 +29,8 @@ class RunMetrics:
         self.weight_lag = Histogram("gcrl_weight_lag", "Versions an actor's weights were behind, per batch",
                                     buckets=LAG_BUCKETS, registry=r)
         self.restarts = Counter("gcrl_actor_restarts", "Actor restarts seen by the driver", ["role"], registry=r)
+        self.learner_restarts = Counter("gcrl_learner_restarts", "Learners restarted by the driver after their "
+                                        "process died", registry=r)
         self.loss = Gauge("gcrl_loss", "Mean loss of the last training slice", ["kind"], registry=r)
         self.refused = Counter("gcrl_replay_refused_messages", "Malformed messages refused by shards",
                                ["shard"], registry=r)
@@ -85,6 +87,11 @@ class RunMetrics:
 
     def learner_baseline(self, updates: dict[str, int]) -> None:
         """Updates done before this process started (a resumed run), so they are not counted again."""
+        self._learner = dict(updates)
+
+    def learner_restarted(self, updates: dict[str, int]) -> None:
+        """A new learner took over from a checkpoint: count it, and count its updates from there."""
+        self.learner_restarts.inc()
         self._learner = dict(updates)
 
     def record_learner(self, stats: dict) -> None:

@@ -7,6 +7,7 @@ store once and its reference posted on the coordinator; the previous reference i
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from dataclasses import astuple, dataclass
@@ -107,7 +108,7 @@ class LearnerActor:
 
     def publish(self) -> int:
         """Put the current weights in the object store once and post the reference."""
-        ref = ray.put(pack_weights(self.learner.weights(), self.version))
+        ref = ray.put(pack_weights(self.learner.weights(), self.version, self.learner.counts.steps))
         ray.get(self.coordinator.publish.remote(self.version, [ref]))
         self._weights_ref = ref  # the previous version's reference is dropped here
         self.version += 1
@@ -133,7 +134,7 @@ class LearnerActor:
         c = self.learner.counts
         return {"steps": c.steps, "updates": {k: getattr(c, k) for k in UPDATE_KINDS}, "losses": losses or {},
                 "weight_version": self.version - 1, "sample_failures": self.sampler.failures,
-                "node": ray.get_runtime_context().get_node_id(), "device": str(self.device)}
+                "node": ray.get_runtime_context().get_node_id(), "device": str(self.device), "pid": os.getpid()}
 
     def state_bytes(self, extra: dict) -> bytes:
         """Everything to continue learning, as weights_only-loadable bytes (plus the driver's counters)."""
@@ -143,4 +144,4 @@ class LearnerActor:
 
     def weights(self) -> bytes:
         """The current weights message, for evaluation without a checkpoint."""
-        return pack_weights(self.learner.weights(), self.version - 1)
+        return pack_weights(self.learner.weights(), self.version - 1, self.learner.counts.steps)

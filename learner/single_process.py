@@ -12,6 +12,7 @@ import time
 import torch
 
 from actors.worker import RolloutWorker
+from buffers.replay_files import read_shard, write_shard
 from buffers.tables import ReplayTables
 from common.checkpoint import encode_learner_state, load_checkpoint, save_checkpoint
 from common.config import ExperimentConfig
@@ -108,7 +109,7 @@ class SingleProcessTrainer:
             return None
         meta = checkpoint_meta(self.config, self.goals, self.preset_name, "single-process")
         path = save_checkpoint(self.options.checkpoint_dir, self.learner.counts.steps, encode_learner_state(self.state()),
-                               [self.replay.to_message()], meta, self.options.keep_checkpoints)
+                               lambda staging: write_shard(self.replay, staging, 0), meta, self.options.keep_checkpoints)
         return str(path)
 
     def resume(self) -> None:
@@ -127,6 +128,6 @@ class SingleProcessTrainer:
             set_rng_state(state["rng"]["torch"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{checkpoint.path} does not fit this model: {exc}".splitlines()[0]) from exc
-        self.replay.restore(checkpoint.replay_shards[0])
+        read_shard(self.replay, checkpoint.path, 0, checkpoint.replay_shards[0])
         self.counters.updates = self.learner.counts.steps
         print(f"resumed from {checkpoint.path} at update {self.learner.counts.steps}", flush=True)

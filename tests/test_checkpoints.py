@@ -74,6 +74,32 @@ def test_foreign_manifest_is_refused(saved, data_dir, capsys):
     assert "is not a gcrl checkpoint" in resume_error(capsys, data_dir, saved)
 
 
+def _copy_replay(checkpoint):
+    """A replay writer that copies a checkpoint's replay files into the new staging folder."""
+    def write(staging):
+        files = {name: info for shard in checkpoint.replay_shards for name, info in shard.items()}
+        for name in files:
+            shutil.copyfile(checkpoint.path / name, staging / name)
+        return files
+    return write
+
+
+def test_format_1_checkpoint_is_refused_for_resume_but_still_evaluates(saved, data_dir, capsys):
+    path = complete_checkpoints(saved)[-1]
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    assert "has checkpoint format 1 (replay stored per transition)" in resume_error(capsys, data_dir, saved)
+    assert load_checkpoint(saved, with_replay=False).learner_state()["learner"]["counts"]["steps"] > 0
+
+
+def test_replay_files_without_a_header_are_refused(saved, data_dir, capsys):
+    path = complete_checkpoints(saved)[-1]
+    manifest = json.loads((path / "manifest.json").read_text())
+    del manifest["files"]["replay-0.msgpack"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    assert "without a header" in resume_error(capsys, data_dir, saved)
+
+
 class Payload:
     """A class a pickle would construct on load; weights_only must refuse it."""
 
@@ -83,7 +109,7 @@ def test_pickled_object_with_valid_digest_is_never_unpickled(saved, data_dir, ca
     state = checkpoint.learner_state()
     state["learner"]["counts"] = OrderedDict(payload=Payload())
     save_checkpoint(saved, checkpoint.manifest["updates"] + 1, encode_learner_state(state),
-                    checkpoint.replay_shards, {k: v for k, v in checkpoint.manifest.items()
+                    _copy_replay(checkpoint), {k: v for k, v in checkpoint.manifest.items()
                                                if k in ("config", "preset", "runtime", "dataset")})
     assert "cannot be read as a learner state" in resume_error(capsys, data_dir, saved)
 
@@ -109,9 +135,9 @@ def test_interrupted_write_leaves_the_newest_complete_checkpoint(saved, monkeypa
     def crash(*_args, **_kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("common.checkpoint._write_bytes", crash)
+    monkeypatch.setattr("common.checkpoint.write_file", crash)
     with pytest.raises(OSError):
-        save_checkpoint(saved, 999, state.learner_bytes, state.replay_shards, {})
+        save_checkpoint(saved, 999, state.learner_bytes, _copy_replay(state), {})
     assert complete_checkpoints(saved) == before
     assert load_checkpoint(saved).manifest["updates"] == state.manifest["updates"]
 

@@ -41,7 +41,7 @@ def test_actors_spread_learner_on_gpu_node_and_every_actor_gets_new_weights(clus
     assert placement.learner_gpus == 1.0  # the default asks for the GPU the cluster has
     run = DistributedRun(command, load_goals("mnist", data_dir).subset(512), placement)
     try:
-        learner = ray.get(run.learner.stats.remote())
+        learner = ray.get(run.learner.handle.stats.remote())
         assert learner["node"] == gpu_node_id
         first = _drive_until_all_act(run)
         start_updates = run.counters.updates

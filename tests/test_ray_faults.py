@@ -6,6 +6,8 @@ by name between slices and read the run's own Prometheus registry.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import numpy as np
@@ -71,10 +73,10 @@ def _actor(run, index: int) -> dict:
     return ray.get(run.actors[index].stats.remote())
 
 
-def test_killing_a_replay_shard_restarts_it_empty_and_it_refills(run):
+def test_killing_a_replay_shard_without_checkpoints_restarts_it_empty_and_it_refills(run):
     drive(run, lambda: min(_shard(run, i)["sizes"]["gc_transitions"] for i in (0, 1)) > 0, 120, "both shards fill")
     first = _shard(run, 1)
-    ray.kill(ray.get_actor(run.names.shard(1), namespace=NAMESPACE), no_restart=False)
+    os.kill(first["pid"], signal.SIGKILL)  # as the OOM killer or a lost node would
     drive(run, lambda: _incarnation(run, 1) not in (None, first["incarnation"]), 60, "the shard to restart")
     updates_after_restart = run.counters.updates
     drive(run, lambda: _shard(run, 1)["sizes"]["gc_transitions"] > 0 and _shard(run, 1)["inserts"] > 0, 120,
@@ -82,6 +84,7 @@ def test_killing_a_replay_shard_restarts_it_empty_and_it_refills(run):
     drive(run, lambda: run.counters.updates > updates_after_restart, 60, "training to go on")
     assert sample(run, "gcrl_actor_restarts_total", role="replay") >= 1
     assert _shard(run, 1)["inserts"] < first["inserts"] + 10_000  # counted afresh: it restarted from nothing
+    assert _shard(run, 1)["refilled_from"] is None  # no --checkpoint-dir: nothing to refill from
 
 
 def _shard(run, index: int) -> dict:
@@ -108,7 +111,7 @@ def test_malformed_messages_are_refused_and_the_shard_keeps_its_contents(local_r
     spec = trajectory_spec(config, goals)
     shard = ReplayShard.remote(config.replay, spec, config.learning.q_batch, 64, 1, 0, 0)
     assert ray.get(shard.insert.remote(_batch(spec).to_message()))
-    before_stats, before_contents = ray.get(shard.stats.remote()), ray.get(shard.save.remote())
+    before_stats, before_contents = ray.get(shard.stats.remote()), ray.get(shard.fingerprint.remote())
     good = _batch(spec)
     bad_messages = [b"\x93not msgpack at all", pack_arrays("weights", {"x": np.zeros(2, np.float32)}),
                     _batch(spec, selection=config.mdp.num_proposals).to_message(),  # selection index out of range
@@ -120,5 +123,5 @@ def test_malformed_messages_are_refused_and_the_shard_keeps_its_contents(local_r
     after_stats = ray.get(shard.stats.remote())
     assert after_stats["refused_messages"] == len(bad_messages)
     assert after_stats["sizes"] == before_stats["sizes"] and after_stats["inserts"] == before_stats["inserts"]
-    assert ray.get(shard.save.remote()) == before_contents
+    assert ray.get(shard.fingerprint.remote()) == before_contents
     ray.kill(shard)

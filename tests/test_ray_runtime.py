@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from buffers.tables import ReplayTables
+from buffers.replay_files import read_shard
 from common.checkpoint import complete_checkpoints, load_checkpoint
 from common.config import ExperimentConfig
 from common.messages import TrajectorySpec
@@ -83,7 +84,7 @@ def _replay_sizes(checkpoint) -> dict[str, int]:
     spec = TrajectorySpec(tuple(dataset["image_shape"]), config.mdp.horizon, config.mdp.num_proposals,
                           dataset["size"])
     tables = ReplayTables(config.replay, spec, config.learning.q_batch, 1)
-    tables.restore(checkpoint.replay_shards[0])
+    read_shard(tables, checkpoint.path, 0, checkpoint.replay_shards[0])
     assert tables.gc_transitions.size > 0
     return tables.sizes()
 

@@ -64,7 +64,7 @@ def training_evaluation(command, goals):
 
     if command.runtime != "single-process":
         return EvaluationRequest.load(command.evaluation, command.data.dataset, command.data.data_dir,
-                                      command.run.checkpoint_dir)
+                                      command.run.checkpoint_dir, command.args.eval_cpus, command.args.eval_gpus)
     return TrainingEvaluation(command.evaluation, command.config, goals, command.data.dataset, command.data.data_dir,
                               command.run.checkpoint_dir, resolve_device(command.run.device))
 

@@ -46,17 +46,17 @@ class PeakMemory(threading.Thread):
 
     def __init__(self, every: float = 0.005):
         super().__init__(daemon=True)
-        self.every, self.base, self.peak, self._stop = every, resident_bytes(), resident_bytes(), threading.Event()
+        self.every, self.base, self.peak, self._halt = every, resident_bytes(), resident_bytes(), threading.Event()
 
     def run(self) -> None:
         """Sample until stop()."""
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             self.peak = max(self.peak, resident_bytes())
             time.sleep(self.every)
 
     def stop(self) -> float:
         """Stop sampling; the peak above the baseline, in bytes."""
-        self._stop.set()
+        self._halt.set()
         self.join()
         return max(0, self.peak - self.base)
 

@@ -81,6 +81,9 @@ def build_parser(description: str) -> OneLineParser:
     g.add_argument("--eval-every", type=float, default=EvalOptions.every, help="seconds between evaluations (0: off)")
     g.add_argument("--eval-test-goals", type=int, default=EvalOptions.test_goals, help="test images reconstructed")
     g.add_argument("--eval-fid-samples", type=int, help="samples for FID (default: 2000 with a GPU, else 0)")
+    g.add_argument("--eval-cpus", type=float, default=0.0, help="CPUs the Ray runtime's evaluation actor reserves")
+    g.add_argument("--eval-gpus", type=float, default=0.0,
+                   help="GPU fraction of the Ray runtime's evaluation actor (FID by default only on a GPU)")
     add_ray_flags(p)
     return p
 
@@ -97,6 +100,9 @@ def add_ray_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--metrics-port", type=int, default=8000, help="Prometheus endpoint on the driver (0: any free port, -1: off)")
     g.add_argument("--address", help="Ray cluster to join, e.g. auto; default: start Ray locally")
     g.add_argument("--publish-every", type=int, default=20, help="learner steps between weight publications")
+    g.add_argument("--shared-checkpoint-dir", action="store_true",
+                   help="--checkpoint-dir is on a filesystem every node mounts (NFS, EFS): replay shards spread over "
+                        "the nodes and write their checkpoint files where they run (default: shards on the driver's node)")
     g.add_argument("--max-learner-restarts", type=int, default=3,
                    help="times the driver restarts a dead learner from the newest checkpoint before ending the run")
 
@@ -168,7 +174,9 @@ def check_ray_flags(args: argparse.Namespace) -> None:
     check_positive("--learner-cpus", args.learner_cpus)
     if args.learner_gpus is not None:
         check_non_negative("--learner-gpus", args.learner_gpus)
-    for flag in ("--actor-cpus", "--actor-gpus", "--learner-cpus", "--learner-gpus"):
+    check_non_negative("--eval-cpus", args.eval_cpus)
+    check_non_negative("--eval-gpus", args.eval_gpus)
+    for flag in ("--actor-cpus", "--actor-gpus", "--learner-cpus", "--learner-gpus", "--eval-cpus", "--eval-gpus"):
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None and 0 < value < RAY_RESOURCE_UNIT:
             raise ConfigError(f"{flag} must be at least {RAY_RESOURCE_UNIT} (Ray's smallest unit) when not 0, "

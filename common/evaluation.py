@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,10 +296,13 @@ def load_image_file(path: str | Path, image_shape: tuple[int, int, int]) -> torc
 
 
 def write_json(path: str | Path, data: dict) -> Path:
-    """Pretty JSON, creating the folder."""
+    """Pretty JSON, creating the folder; written under a temporary name and renamed, so a process killed
+    mid-write (an evaluation actor at the end of a run) never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    staging.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(staging, path)
     return path
 
 

@@ -38,6 +38,11 @@ class Throughput:
         self._last = (now, self.env_steps, self.updates)
         return (self.env_steps - steps) / elapsed, (self.updates - updates) / elapsed
 
+    def restart_updates(self, updates: int) -> None:
+        """A new learner counts from its checkpoint's updates: the next rate counts from there, never negative."""
+        then, steps, _ = self._last
+        self.updates, self._last = updates, (then, steps, updates)
+
 
 class ProgressPrinter:
     """Prints a status line every `every` seconds: updates, throughput, losses."""

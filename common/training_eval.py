@@ -76,10 +76,11 @@ class EvaluationRequest:
     gpus: float = 0.0  # a GPU fraction; the actor evaluates on the CPU without one
 
     @classmethod
-    def load(cls, options: EvalOptions, dataset: str, data_dir, run_dir: Path | None) -> EvaluationRequest:
+    def load(cls, options: EvalOptions, dataset: str, data_dir, run_dir: Path | None, cpus: float = 0.0,
+             gpus: float = 0.0) -> EvaluationRequest:
         """Read the test batch here, where the data is."""
         images = fixed_test_batch(options, dataset, data_dir).numpy()
-        return cls(options, images, Path(run_dir).resolve() if run_dir is not None else None, dataset)
+        return cls(options, images, Path(run_dir).resolve() if run_dir is not None else None, dataset, cpus, gpus)
 
 
 class TrainingEvaluation:

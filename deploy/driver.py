@@ -1,9 +1,11 @@
-"""Placement and wiring of the distributed runtime: the only module that decides where processes run.
+"""Wiring of the distributed runtime: the driver that starts the run's processes and loops over them.
 
-The driver starts (or joins) Ray, places the coordinator, replay shards, learner and rollout actors,
-then loops: a slice of learning, a poll of every actor's counters into the Prometheus metrics, a
-progress line, a checkpoint when due. It stops on --total-updates, --time-limit, SIGINT or SIGTERM,
-always after a final checkpoint.
+The driver starts (or joins) Ray, places the coordinator, replay shards, learner, rollout actors and the
+evaluation actor (what each asks of the cluster: deploy/placement.py), then loops: a slice of learning,
+a poll of every actor's counters (and finished evaluations) into the Prometheus metrics, a progress line,
+a checkpoint when due (each shard writes its own files). A dead learner is replaced from the newest
+checkpoint (deploy/supervision.py). It stops on --total-updates, --time-limit, SIGINT or SIGTERM, always
+after a final checkpoint.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import uuid
 
 import ray
 import torch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.evaluation_actor import EvaluationClient, start_evaluation
 from actors.rollout_actor import ActorSettings, RolloutActor
@@ -27,10 +30,10 @@ from common.progress import LossTracker, ProgressPrinter, Throughput
 from common.run import RunSummary, StopSignal, start_state, trajectory_spec
 from common.state import check_compatible, checkpoint_meta
 from common.training_eval import EvaluationRequest, TrainingEvaluation, describe
-from deploy.coordinator import NAMESPACE, Coordinator, RunNames
+from deploy.coordinator import Coordinator, RunNames
 from deploy.metrics import RunMetrics
-from deploy.placement import (RAY_START_RECORD, Placement, check_local_placement, cluster_address,  # noqa: F401
-                              connect, report_cluster_shortfall, resolve_placement)
+from deploy.placement import (Placement, check_local_placement, cluster_address, connect, report_cluster_shortfall,
+                              resolve_placement)
 from deploy.supervision import LearnerLost, LearnerSupervisor
 from learner.actor import LearnerActor, LearnerSettings
 
@@ -38,7 +41,8 @@ SLICE_SECONDS = 1.0  # learning between two polls of the actors
 ACTOR_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError)
 
 
-def run_distributed(command: TrainCommand, goals: GoalSet, evaluation: TrainingEvaluation | None = None) -> RunSummary:
+def run_distributed(command: TrainCommand, goals: GoalSet,
+                    evaluation: EvaluationRequest | TrainingEvaluation | None = None) -> RunSummary:
     """Entry point of `--runtime ray`: connect, build, train, save, disconnect."""
     args = command.args
     checkpoint = load_resume(command, goals)  # a bad checkpoint stops the run before Ray starts
@@ -121,10 +125,16 @@ class DistributedRun:
 
     def _make_shard(self, index: int):
         cfg = self.config
-        return ReplayShard.options(name=self.names.shard(index), scheduling_strategy="SPREAD").remote(
+        return ReplayShard.options(name=self.names.shard(index), scheduling_strategy=self._shard_strategy()).remote(
             cfg.replay, trajectory_spec(cfg, self.goals), cfg.learning.q_batch,
             cfg.acting.goals_per_rollout * cfg.mdp.horizon, self.placement.num_shards, index, self.options.seed,
             str(self.checkpoint_dir) if self.checkpoint_dir else None)
+
+    def _shard_strategy(self):
+        """Shards write their own checkpoint files: beside the driver, unless every node mounts --checkpoint-dir."""
+        if self.checkpoint_dir is None or self.command.args.shared_checkpoint_dir:
+            return "SPREAD"
+        return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
 
     def _check_checkpoint_dir(self) -> None:
         """Shards write their own checkpoint files: refuse a --checkpoint-dir some shard's node cannot see."""
@@ -134,7 +144,8 @@ class DistributedRun:
         seen = ray.get([s.can_see.remote(str(self.checkpoint_dir)) for s in self.shards])
         if not all(seen):
             raise ConfigError(f"--checkpoint-dir {self.checkpoint_dir} is not visible from the node of replay shard "
-                              f"{seen.index(False)}; on a cluster it must be on a filesystem every node mounts")
+                              f"{seen.index(False)}; put it on a filesystem every node mounts, or leave out "
+                              "--shared-checkpoint-dir so shards stay on the driver's node")
 
     def _make_learner(self, images, x1, state: bytes | None):
         p, cfg = self.placement, self.config
@@ -270,7 +281,7 @@ class DistributedRun:
     def _learner_restarted(self, stats: dict) -> None:
         """A new learner counts from its checkpoint's updates: re-baseline the metrics and count the restart."""
         self.metrics.learner_restarted(stats["updates"])
-        self.counters.updates = stats["steps"]
+        self.counters.restart_updates(stats["steps"])
 
     def shutdown(self, steps: int) -> str | None:
         """Stop the actors, write the final checkpoint, release every process of this run."""

@@ -46,6 +46,8 @@ class Placement:
     actor_gpus: float
     learner_cpus: float
     learner_gpus: float
+    eval_cpus: float = 0.0  # the evaluation actor's, when --eval-every asks for one
+    eval_gpus: float = 0.0
 
     def __post_init__(self):
         check_positive_int("--num-actors", self.num_actors)
@@ -57,11 +59,11 @@ class Placement:
 
     def cpus_needed(self) -> float:
         """Logical CPUs the run asks of the cluster (a local Ray is started with at least this many)."""
-        return self.num_actors * self.actor_cpus + self.learner_cpus + self.num_shards * SHARD_CPUS
+        return self.num_actors * self.actor_cpus + self.learner_cpus + self.num_shards * SHARD_CPUS + self.eval_cpus
 
     def gpus_needed(self) -> float:
         """GPUs the run asks of the cluster; Ray schedules nothing that would exceed them."""
-        return self.learner_gpus + self.num_actors * self.actor_gpus
+        return self.learner_gpus + self.num_actors * self.actor_gpus + self.eval_gpus
 
 
 def cluster_address(address: str | None) -> str | None:
@@ -93,9 +95,12 @@ def resolve_placement(args, cluster: dict) -> Placement:
     check_local_placement, and a real cluster may still grow (report_cluster_shortfall).
     """
     learner_gpus = args.learner_gpus if args.learner_gpus is not None else (1.0 if cluster.get("GPU", 0) >= 1 else 0.0)
+    evaluating = getattr(args, "eval_every", 0) > 0
+    eval_cpus = getattr(args, "eval_cpus", 0.0) if evaluating else 0.0
     actors = args.num_actors if args.num_actors is not None else max(
-        1, int(cluster.get("CPU", 1) - args.learner_cpus - SHARD_CPUS * args.num_replay_shards))
-    return Placement(actors, args.num_replay_shards, args.actor_cpus, args.actor_gpus, args.learner_cpus, learner_gpus)
+        1, int(cluster.get("CPU", 1) - args.learner_cpus - SHARD_CPUS * args.num_replay_shards - eval_cpus))
+    return Placement(actors, args.num_replay_shards, args.actor_cpus, args.actor_gpus, args.learner_cpus, learner_gpus,
+                     eval_cpus, getattr(args, "eval_gpus", 0.0) if evaluating else 0.0)
 
 
 def _amount(value: float, unit: str) -> str:

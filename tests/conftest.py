@@ -26,3 +26,15 @@ def data_dir(request) -> Path:
     if not (path / "MNIST" / "raw").is_dir():
         pytest.fail(f"no MNIST under {path}; pass --data-dir or set GCRL_DATA_DIR")
     return path
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A private local Ray for one test module (6 logical CPUs, loopback only), shut down after it."""
+    import ray
+
+    from deploy.coordinator import NAMESPACE
+
+    ray.init(address="local", num_cpus=6, namespace=NAMESPACE, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()

@@ -82,3 +82,14 @@ def wait_for(predicate, timeout: float, every: float = 1.0, what: str = "conditi
             return value
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def drive(run, until, timeout: float, what: str):
+    """Learn and poll a DistributedRun driven from the test, slice after slice, until `until()` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run.learn_slice()
+        run.poll()
+        if until():
+            return
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -137,6 +137,8 @@ BAD_NUMBERS = [
     ("--actor-cpus", "0.00001", "at least 0.0001"),
     ("--actor-gpus", "-0.5", ">= 0"),
     ("--actor-gpus", "inf", ">= 0"),
+    ("--eval-cpus", "-1", ">= 0"),
+    ("--eval-gpus", "nan", ">= 0"),
     ("--learner-cpus", "-1", "positive number"),
     ("--learner-gpus", "-1", ">= 0"),
     ("--learner-gpus", "nan", ">= 0"),

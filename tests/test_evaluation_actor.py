@@ -26,7 +26,7 @@ from common.networks import VAgent
 from common.presets import tiny
 from common.progress import ProgressPrinter
 from common.training_eval import EvalOptions, EvaluationRequest
-from deploy.coordinator import NAMESPACE, Coordinator, RunNames
+from deploy.coordinator import Coordinator, RunNames
 from deploy.driver import DistributedRun, resolve_placement
 
 pytestmark = pytest.mark.slow
@@ -62,13 +62,6 @@ def test_the_plain_evaluator_labels_results_with_the_messages_updates(train_goal
     assert (tmp_path / "eval" / "samples-41.png").exists() and not evaluator.is_new(3)
     with pytest.raises(MessageError, match="no update count"):
         evaluator.evaluate(weights_message(train_goals, version=4, updates=None)[0])
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=4, namespace=NAMESPACE, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture

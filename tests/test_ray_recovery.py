@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import numpy as np
 import pytest
@@ -21,18 +20,11 @@ from common.data import load_goals
 from common.messages import TrajectoryBatch
 from common.presets import tiny
 from common.run import trajectory_spec
-from deploy.coordinator import NAMESPACE
 from deploy.driver import DistributedRun, resolve_placement
+from tests.helpers import drive
 from deploy.supervision import LearnerLost
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=6, namespace=NAMESPACE, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture
@@ -50,17 +42,6 @@ def start_run(local_ray, data_dir, tmp_path):
     yield start
     for run in runs:
         run.release()
-
-
-def drive(run, until, timeout: float, what: str):
-    """Learn and poll, slice after slice, until `until()` holds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run.learn_slice()
-        run.poll()
-        if until():
-            return
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def restarts(run) -> float:

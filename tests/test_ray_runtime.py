@@ -78,6 +78,20 @@ def test_checkpoint_then_resume_restores_updates_and_replay(data_dir, tmp_path):
     assert [p.name for p in complete_checkpoints(checkpoints)] == ["update-000000120", "update-000000200"]
 
 
+def test_either_runtime_resumes_the_others_checkpoint(data_dir, tmp_path):
+    checkpoints = tmp_path / "ckpt"
+    single = ["--runtime", "single-process", "--checkpoint-dir", str(checkpoints)]
+    run_launch(tiny_args(data_dir, *single, "--total-updates", "40"), tmp_path / "single.txt")
+    saved_sizes = _replay_sizes(load_checkpoint(checkpoints))
+    text = run_launch(tiny_args(data_dir, "--metrics-port", "-1", "--checkpoint-dir", str(checkpoints), "--resume",
+                                "--total-updates", "80"), tmp_path / "ray.txt")
+    restored = re.search(r"replay restored: shard 0 (\{.*\})", text)
+    assert restored and ast.literal_eval(restored.group(1)) == saved_sizes
+    assert load_checkpoint(checkpoints).manifest["runtime"] == "ray"
+    text = run_launch(tiny_args(data_dir, *single, "--resume", "--total-updates", "100"), tmp_path / "back.txt")
+    assert "at update 80" in text and load_checkpoint(checkpoints).manifest["updates"] == 100
+
+
 def _replay_sizes(checkpoint) -> dict[str, int]:
     config = ExperimentConfig.from_dict(checkpoint.manifest["config"])
     dataset = checkpoint.manifest["dataset"]

@@ -124,7 +124,8 @@ class SingleProcessTrainer:
             self.learner.load_state_dict(state["learner"])
             self.counters.env_steps = int(state["counters"]["env_steps"])
             self.counters.trajectories = int(state["counters"]["trajectories"])
-            self.worker.set_rng_state(state["rng"]["worker"])
+            if "worker" in state["rng"]:  # a Ray checkpoint has none: its actors' streams stay in their processes
+                self.worker.set_rng_state(state["rng"]["worker"])
             set_rng_state(state["rng"]["torch"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{checkpoint.path} does not fit this model: {exc}".splitlines()[0]) from exc

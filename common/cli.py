@@ -186,6 +186,20 @@ def check_ray_flags(args: argparse.Namespace) -> None:
     check_int_range("--max-learner-restarts", args.max_learner_restarts, 0)
 
 
+def check_fresh_checkpoint_dir(run: RunOptions) -> None:
+    """Refuse a new run (no --resume) into a folder that holds another run's checkpoints.
+
+    Its checkpoints would be pruned by the older, higher-numbered ones, and a restarted learner or shard
+    would come back from the other run's state; so the user says which: --resume, or another folder.
+    """
+    from common.checkpoint import complete_checkpoints
+
+    found = complete_checkpoints(run.checkpoint_dir) if run.checkpoint_dir and not run.resume else []
+    if found:
+        raise ConfigError(f"--checkpoint-dir {run.checkpoint_dir} already holds checkpoints (newest {found[-1].name}); "
+                          "pass --resume to continue from it, or choose another folder")
+
+
 def parse_train(argv: list[str], description: str) -> TrainCommand:
     """Parse and check training flags; every bad value raises ConfigError with one line."""
     args = build_parser(description).parse_args(argv)
@@ -196,5 +210,6 @@ def parse_train(argv: list[str], description: str) -> TrainCommand:
                      checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
                      keep_checkpoints=args.keep_checkpoints, resume=args.resume, seed=args.seed,
                      device=args.device, progress_every=args.progress_every, threads=args.threads)
+    check_fresh_checkpoint_dir(run)
     evaluation = EvalOptions(args.eval_every, args.eval_test_goals, args.eval_fid_samples)
     return TrainCommand(args.runtime, name, config, data, run, evaluation, args)

@@ -74,6 +74,14 @@ def test_foreign_manifest_is_refused(saved, data_dir, capsys):
     assert "is not a gcrl checkpoint" in resume_error(capsys, data_dir, saved)
 
 
+def test_a_new_run_into_a_folder_with_checkpoints_is_refused_and_they_stay(saved, data_dir, capsys):
+    before = [(p.name, sorted(f.name for f in p.iterdir())) for p in complete_checkpoints(saved)]
+    code = launch.main(tiny(data_dir, saved, "--total-updates", "40"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "already holds checkpoints (newest update-000000030)" in err[0]
+    assert [(p.name, sorted(f.name for f in p.iterdir())) for p in complete_checkpoints(saved)] == before
+
+
 def _copy_replay(checkpoint):
     """A replay writer that copies a checkpoint's replay files into the new staging folder."""
     def write(staging):

@@ -71,15 +71,15 @@ def gc_transitions(view: StepView, slots: np.ndarray, steps: np.ndarray) -> dict
     """GC transitions at (slot, h): x_h, h, a_h, x_{h+1}, the loss (non-zero only at h = H) and the goal."""
     ring, last = view.episodes, view.horizon - 1
     states = ring.array("states")  # [E, H+1, C, H, W]
-    return {"state": states[slots, steps].astype(np.float32), "step": steps,
+    return {"state": states[slots, steps].astype(np.float32, copy=False), "step": steps,
             "selection": ring.array("selections")[slots, steps],
-            "next_state": states[slots, steps + 1].astype(np.float32),
-            "loss": np.where(steps == last, ring.array("final_loss")[slots], 0.0).astype(np.float32),
+            "next_state": states[slots, steps + 1].astype(np.float32, copy=False),
+            "loss": np.where(steps == last, ring.array("final_loss")[slots], 0.0).astype(np.float32, copy=False),
             "goal_index": ring.array("goal_index")[slots]}
 
 
 def selection_samples(view: StepView, slots: np.ndarray, steps: np.ndarray) -> dict[str, np.ndarray]:
     """S-select samples at (slot, h): x_h, h and the GC-agent's choice a_h."""
     ring = view.episodes
-    return {"state": ring.array("states")[slots, steps].astype(np.float32), "step": steps,
+    return {"state": ring.array("states")[slots, steps].astype(np.float32, copy=False), "step": steps,
             "selection": ring.array("selections")[slots, steps]}

@@ -3,7 +3,7 @@
 
     python launch.py                                  # Ray, started locally, on MNIST
     python launch.py --runtime single-process         # the one-process reference trainer
-    python launch.py evaluate --checkpoint runs/x     # also: sample, encode, decode (common/eval_cli.py)
+    python launch.py evaluate --checkpoint runs/x     # also: sample, encode, decode (evaluation/commands.py)
     ray submit deploy/cluster.yaml launch.py -- --num-actors 64
 
 `ray submit` copies only this file to the head node, so everything it runs comes from the installed
@@ -23,8 +23,8 @@ EVAL_COMMANDS = ("evaluate", "sample", "encode", "decode")
 
 def train(argv: list[str]) -> int:
     """Parse flags, load the goals, run the chosen runtime."""
-    from common.cli import parse_train
-    from common.data import load_goals
+    from deploy.cli import parse_train
+    from common.storage.data import load_goals
 
     command = parse_train(argv, DESCRIPTION)
     print(f"preset: {command.preset_name} ({'chosen' if command.args.preset else 'default'}), "
@@ -39,13 +39,13 @@ def train(argv: list[str]) -> int:
         goals = goals.subset(command.data.num_goals)
     evaluation = training_evaluation(command, goals)
     if command.runtime == "single-process":
-        from learner.single_process import SingleProcessTrainer
+        from deploy.single_process import SingleProcessTrainer
 
         summary = SingleProcessTrainer(command.config, goals, command.run, command.preset_name, evaluation).run()
     else:
         if not command.args.address:  # a local Ray needs no routable address: keep it on loopback
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        from deploy.driver import run_distributed
+        from deploy.ray_driver import run_distributed
 
         summary = run_distributed(command, goals, evaluation)
     print(f"done: {summary.updates} updates, {summary.env_steps} env steps in {summary.seconds:.0f}s "
@@ -60,7 +60,7 @@ def training_evaluation(command, goals):
     if command.evaluation.every <= 0:
         return None
     from common.device import resolve_device
-    from common.training_eval import EvaluationRequest, TrainingEvaluation
+    from evaluation.periodic import EvaluationRequest, TrainingEvaluation
 
     if command.runtime != "single-process":
         return EvaluationRequest.load(command.evaluation, command.data.dataset, command.data.data_dir,
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv and argv[0] in EVAL_COMMANDS:
-            from common.eval_cli import main as evaluation_main
+            from evaluation.commands import main as evaluation_main
 
             return evaluation_main(argv)
         return train(argv)

@@ -1,6 +1,6 @@
 """The evaluation actor: the periodic evaluation (--eval-every) beside the learner, so learning never pauses.
 
-A thin Ray wrapper of actors/evaluator.py's WeightsEvaluator. Like a rollout actor it finds the
+A thin Ray wrapper of evaluation/weights_evaluator.py's WeightsEvaluator. Like a rollout actor it finds the
 coordinator by name and reads there the training images (the FID reference), the test batch the driver
 posted and the newest published weights; its loop runs in a thread started by
 the constructor, so a restarted actor resumes by itself. Every --eval-every seconds it evaluates the
@@ -23,13 +23,12 @@ import ray
 import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from actors.evaluator import evaluator_from_request
-from common.config import ExperimentConfig
-from common.training_eval import EvaluationRequest
-from deploy.coordinator import NAMESPACE, RunNames
+from evaluation.weights_evaluator import evaluator_from_request
+from common.method.config import ExperimentConfig
+from evaluation.periodic import EvaluationRequest
+from actors.names import NAMESPACE, PEER_FAILURES, RunNames
 
 POLL_SECONDS = 0.25  # how often the loop looks at its clock
-ACTOR_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
 
 def evaluation_device(gpus: float) -> torch.device:
@@ -134,7 +133,7 @@ class EvaluationClient:
         refs, self._pending = self._pending, []
         try:
             stats, results = ray.get(refs)
-        except ACTOR_FAILURES:  # it died; Ray restarts it, and what it had not handed over is lost
+        except PEER_FAILURES:  # it died; Ray restarts it, and what it had not handed over is lost
             return []
         self._check(stats)
         return results

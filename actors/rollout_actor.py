@@ -19,11 +19,9 @@ import ray
 import torch
 
 from actors.worker import RolloutWorker
-from common.config import ActingConfig, MDPConfig, NetworkConfig
-from common.networks import VAgent
-from deploy.coordinator import RunNames
-
-SHARD_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+from common.method.config import ActingConfig, MDPConfig, NetworkConfig
+from common.method.networks import VAgent
+from actors.names import PEER_FAILURES, RunNames
 
 
 @dataclass(frozen=True)
@@ -116,7 +114,7 @@ class RolloutActor:
         payload = self._pending.pop(ready[0])
         try:
             accepted = ray.get(ready[0])
-        except SHARD_FAILURES:  # the shard died; Ray restarts it, this batch is lost
+        except PEER_FAILURES:  # the shard died; Ray restarts it, this batch is lost
             with self._lock:
                 self.counters.dropped_batches += 1
             return

@@ -9,13 +9,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from common.config import ActingConfig, MDPConfig
-from common.mdp import step_rates
-from common.messages import TrajectoryBatch
-from common.networks import VAgent, load_weights_message
-from common.data import to_unit_range
-from common.lookahead import gc_agent_rollout
-from common.state import numpy_rng_from_text, numpy_rng_to_text
+from common.method.config import ActingConfig, MDPConfig
+from common.method.mdp import step_rates
+from common.storage.messages import TrajectoryBatch
+from common.method.networks import VAgent, load_weights_message
+from common.method.pixels import to_unit_range
+from common.method.lookahead import gc_agent_rollout
+from common.storage.run_state import numpy_rng_from_text, numpy_rng_to_text
 
 
 class RolloutWorker:

@@ -33,10 +33,10 @@ import torch
 
 from actors.worker import RolloutWorker
 from buffers.tables import ReplaySample, ReplayTables
-from common.config import ExperimentConfig
-from common.data import GoalSet
-from common.messages import TrajectoryBatch, pack_weights
-from common.run import build_agent, start_state, trajectory_spec
+from common.method.config import ExperimentConfig
+from common.storage.data import GoalSet
+from common.storage.messages import TrajectoryBatch, pack_weights
+from deploy.loop import build_agent, start_state, trajectory_spec
 from learner.learning import Learner
 
 MB = 1e6

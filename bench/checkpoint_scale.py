@@ -32,9 +32,9 @@ import ray  # noqa: E402
 
 from buffers.shard import ReplayShard  # noqa: E402
 from buffers.tables import ReplayTables  # noqa: E402
-from common.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from common.messages import TrajectoryBatch, TrajectorySpec  # noqa: E402
-from common.presets import PRESETS  # noqa: E402
+from common.storage.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from common.storage.messages import TrajectoryBatch, TrajectorySpec  # noqa: E402
+from common.method.presets import PRESETS  # noqa: E402
 
 IMAGE = (1, 28, 28)
 NUM_GOALS = 60_000

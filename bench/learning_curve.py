@@ -24,11 +24,11 @@ if str(REPO_ROOT) not in sys.path:  # runnable from a checkout that is not pip-i
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common.cli import parse_train  # noqa: E402
-from common.data import load_goals  # noqa: E402
-from common.losses import selection_cross_entropy  # noqa: E402
-from common.evaluation import encoder_of, reconstruct  # noqa: E402
-from learner.single_process import SingleProcessTrainer  # noqa: E402
+from deploy.cli import parse_train  # noqa: E402
+from common.storage.data import load_goals  # noqa: E402
+from common.method.losses import selection_cross_entropy  # noqa: E402
+from evaluation.evaluation import encoder_of, reconstruct  # noqa: E402
+from deploy.single_process import SingleProcessTrainer  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

@@ -33,12 +33,12 @@ if str(REPO_ROOT) not in sys.path:  # runnable from a checkout that is not pip-i
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common.cli import parse_train  # noqa: E402
-from common.data import load_goals  # noqa: E402
-from common.evaluation import ENCODERS, encoder_of, reconstruct, sample  # noqa: E402
-from common.figures import line_chart, reconstructions_figure, samples_figure  # noqa: E402
-from common.losses import selection_cross_entropy  # noqa: E402
-from common.mdp import step_rates, transition  # noqa: E402
+from deploy.cli import parse_train  # noqa: E402
+from common.storage.data import load_goals  # noqa: E402
+from evaluation.evaluation import ENCODERS, encoder_of, reconstruct, sample  # noqa: E402
+from evaluation.figures import line_chart, reconstructions_figure, samples_figure  # noqa: E402
+from common.method.losses import selection_cross_entropy  # noqa: E402
+from common.method.mdp import step_rates, transition  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -158,10 +158,10 @@ def header() -> str:
 def train(args, command, goals, probe: QualityProbe):
     """Run the chosen runtime with the probe as its periodic evaluation; no time limit but the probe's."""
     if args.runtime == "single-process":
-        from learner.single_process import SingleProcessTrainer
+        from deploy.single_process import SingleProcessTrainer
 
         return SingleProcessTrainer(command.config, goals, command.run, command.preset_name, probe).run()
-    from deploy.driver import run_distributed
+    from deploy.ray_driver import run_distributed
 
     return run_distributed(command, goals, probe)
 
@@ -170,8 +170,8 @@ def fid_results(args, goals, test_goals, snapshots, x1: torch.Tensor, config) ->
     """Sample FID of each snapshot against the training reference, and the same-N floor."""
     if args.fid_samples <= 0 or not snapshots:
         return []
-    from common.evaluation import training_scorer
-    from common.fid import ReferenceCache, reference_stats
+    from evaluation.evaluation import training_scorer
+    from evaluation.fid import ReferenceCache, reference_stats
 
     scorer = training_scorer(goals, args.fid_reference)
     floor = scorer.distance(scorer.reference, reference_stats(scorer, test_goals, args.fid_samples, ReferenceCache()))

@@ -26,7 +26,7 @@ if str(REPO_ROOT) not in sys.path:  # runnable from a checkout that is not pip-i
 
 import torch  # noqa: E402
 
-from common.data import DATASETS, load_goals  # noqa: E402
+from common.storage.data import DATASETS, load_goals  # noqa: E402
 from common.errors import UserError  # noqa: E402
 
 MODELS = ("gcrl", "vae", "ddpm")
@@ -144,7 +144,7 @@ def measure_model(model: str, folder: Path, proto, seed: int, eta: float = 0.0) 
 
 
 def _gcrl_parameters(folder: Path) -> dict:
-    from common.evaluation import load_model
+    from evaluation.evaluation import load_model
 
     agent = load_model(folder, "cpu").agent
     return {name: sum(p.numel() for p in getattr(agent, name).parameters())

@@ -35,9 +35,9 @@ if str(REPO_ROOT) not in sys.path:  # runnable from a checkout that is not pip-i
 
 import torch  # noqa: E402
 
-from common.cli import TrainCommand, parse_train  # noqa: E402
-from common.data import GoalSet, load_goals  # noqa: E402
-from common.presets import PRESETS  # noqa: E402
+from deploy.cli import TrainCommand, parse_train  # noqa: E402
+from common.storage.data import GoalSet, load_goals  # noqa: E402
+from common.method.presets import PRESETS  # noqa: E402
 
 from bench.capacity import CapacitySettings, measure_components, print_check, print_costs, print_scaling  # noqa: E402
 
@@ -144,7 +144,7 @@ def measure(step: Callable[[], None], read: Callable[[], tuple[int, int]], warmu
 
 def bench_single(args: argparse.Namespace, goals: GoalSet) -> Rates:
     """The reference loop of SingleProcessTrainer.run (learn if the limiter allows, else act), timed."""
-    from learner.single_process import SingleProcessTrainer
+    from deploy.single_process import SingleProcessTrainer
 
     command = train_command(args, "single-process")
     trainer = SingleProcessTrainer(command.config, goals, command.run, command.preset_name)
@@ -162,7 +162,7 @@ def start_ray(counts: list[int]) -> None:
     """One local Ray for every configuration, with CPUs enough for the largest (cores may be oversubscribed)."""
     import ray
 
-    from deploy.coordinator import NAMESPACE
+    from actors.names import NAMESPACE
 
     cpus = max(os.cpu_count() or 1, max(counts) + 2)
     # "local": a fresh instance even while another Ray runs here (address=None would join that one)
@@ -173,7 +173,7 @@ def bench_ray(args: argparse.Namespace, goals: GoalSet, actors: int) -> Rates:
     """DistributedRun's driver loop (learn_slice, then poll of the actors), timed; always shut down."""
     import ray
 
-    from deploy.driver import DistributedRun, resolve_placement
+    from deploy.ray_driver import DistributedRun, resolve_placement
 
     command = train_command(args, "ray", actors)
     run = DistributedRun(command, goals, resolve_placement(command.args, ray.cluster_resources()))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.config import check_positive, check_positive_int
+from common.method.config import check_positive, check_positive_int
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from buffers.tables import ReplayTables
-from common.checkpoint import (read_manifest, verify_file, complete_checkpoints, read_file, replay_files,
+from common.storage.checkpoint import (read_manifest, verify_file, complete_checkpoints, read_file, replay_files,
                                write_file)
 from common.errors import CheckpointError
 

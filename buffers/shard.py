@@ -19,9 +19,9 @@ import ray
 
 from buffers.replay_files import read_shard, restore_newest, write_shard
 from buffers.tables import ReplayTables, SampleRequest
-from common.config import ReplayConfig
+from common.method.config import ReplayConfig
 from common.errors import CheckpointError, MessageError
-from common.messages import TrajectoryBatch, TrajectorySpec
+from common.storage.messages import TrajectoryBatch, TrajectorySpec
 
 
 @ray.remote(num_cpus=0.25, max_restarts=-1)

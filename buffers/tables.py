@@ -17,10 +17,10 @@ import numpy as np
 from buffers.episodes import episode_ring, episodes_needed, gc_transitions, selection_samples, StepView
 from buffers.memory import Column, ReplayMemory
 from buffers.rate_limiter import SampleToInsertRatio
-from common.config import ReplayConfig
+from common.method.config import ReplayConfig
 from common.errors import CheckpointError, MessageError
-from common.state import numpy_rng_from_text, numpy_rng_to_text
-from common.messages import TrajectoryBatch, TrajectorySpec, pack_arrays, unpack_arrays
+from common.storage.run_state import numpy_rng_from_text, numpy_rng_to_text
+from common.storage.messages import TrajectoryBatch, TrajectorySpec, pack_arrays, unpack_arrays
 
 MEMORY_NAMES = ("gc_transitions", "selections", "proposal_sequences")
 LAYOUT = "episodes-once"  # replay-shard checkpoint layout: episodes stored once, in chunks

@@ -6,46 +6,7 @@ the board keeps only the newest, so older versions are freed as soon as actors d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import ray
-
-NAMESPACE = "gcrl"
-
-
-@dataclass(frozen=True)
-class RunNames:
-    """Names of one run's actors in the `gcrl` namespace.
-
-    Restartable actors find their peers by name rather than by handles passed to their constructor:
-    Ray cannot guarantee a restart whose constructor arguments live in the object store.
-    """
-
-    run_id: str
-    num_shards: int
-
-    @property
-    def coordinator(self) -> str:
-        """Name of the run's notice board."""
-        return f"gcrl-{self.run_id}-coordinator"
-
-    def shard(self, index: int) -> str:
-        """Name of replay shard `index`."""
-        return f"gcrl-{self.run_id}-replay-{index}"
-
-    def rollout(self, index: int) -> str:
-        """Name of rollout actor `index` (tests and operators find actors by it)."""
-        return f"gcrl-{self.run_id}-rollout-{index}"
-
-    @property
-    def evaluation(self) -> str:
-        """Name of the evaluation actor (tests and operators find it by it)."""
-        return f"gcrl-{self.run_id}-evaluation"
-
-    def lookup(self) -> tuple:
-        """(coordinator, [shards]) handles, from inside any process of the run."""
-        coordinator = ray.get_actor(self.coordinator, namespace=NAMESPACE)
-        return coordinator, [ray.get_actor(self.shard(i), namespace=NAMESPACE) for i in range(self.num_shards)]
 
 
 @ray.remote(num_cpus=0, max_restarts=0)

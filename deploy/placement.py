@@ -15,9 +15,9 @@ from pathlib import Path
 
 import ray
 
-from common.config import check_non_negative, check_positive, check_positive_int
+from common.method.config import check_non_negative, check_positive, check_positive_int
 from common.errors import ConfigError
-from deploy.coordinator import NAMESPACE
+from actors.names import NAMESPACE
 
 # A local Ray may hold at most this many logical CPUs per core. Rollout actors spend much of their time
 # waiting for weights and for replay to accept their trajectories, so a few processes per core still make

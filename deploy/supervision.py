@@ -15,10 +15,9 @@ from typing import Callable
 
 import ray
 
-from common.checkpoint import complete_checkpoints, load_checkpoint
+from common.storage.checkpoint import complete_checkpoints, load_checkpoint
+from actors.names import PEER_FAILURES
 from common.errors import UserError
-
-LEARNER_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
 
 class LearnerLost(UserError):
@@ -39,7 +38,7 @@ class LearnerSupervisor:
         """One slice of learning; if the learner is gone, a restarted learner's stats instead."""
         try:
             stats = ray.get(self.handle.train.remote(seconds, max_steps))
-        except LEARNER_FAILURES as exc:
+        except PEER_FAILURES as exc:
             return self.restart(exc)
         self.last_steps = stats["steps"]
         return stats

@@ -17,14 +17,13 @@ import numpy as np
 import ray
 import torch
 
+from actors.names import PEER_FAILURES
 from buffers.tables import ReplaySample, SampleRequest
-from common.checkpoint import decode_learner_state, encode_learner_state
-from common.config import LearningConfig, MDPConfig, NetworkConfig
-from common.messages import pack_weights
-from common.networks import VAgent
+from common.storage.checkpoint import decode_learner_state, encode_learner_state
+from common.method.config import LearningConfig, MDPConfig, NetworkConfig
+from common.storage.messages import pack_weights
+from common.method.networks import VAgent
 from learner.learning import UPDATE_KINDS, Learner
-
-SHARD_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ class ShardSampler:
         self.pending.pop(ready[0])
         try:
             payload = ray.get(ready[0])
-        except SHARD_FAILURES:  # a shard is restarting: ask again a little later
+        except PEER_FAILURES:  # a shard is restarting: ask again a little later
             self.failures += 1
             time.sleep(0.05)
             return None

@@ -16,14 +16,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from buffers.tables import ReplaySample, SampleRequest
-from common.config import LearningConfig, MDPConfig
-from common.data import to_unit_range
-from common.lookahead import proposal_fan_out
-from common.losses import (all_action_targets, double_dqn_target, polyak_update, q_regression_loss,
+from common.method.config import LearningConfig, MDPConfig
+from common.method.pixels import to_unit_range
+from common.method.lookahead import proposal_fan_out
+from common.method.losses import (all_action_targets, double_dqn_target, polyak_update, q_regression_loss,
                            selection_cross_entropy, unfolded_proposal_loss)
-from common.mdp import goal_loss, step_rates
-from common.networks import VAgent
-from common.rollout import unfold_proposals
+from common.method.mdp import goal_loss, step_rates
+from common.method.networks import VAgent
+from common.method.rollout import unfold_proposals
 
 UPDATE_KINDS = ("proposal", "selection", "q")
 

@@ -33,7 +33,7 @@ def local_ray():
     """A private local Ray for one test module (6 logical CPUs, loopback only), shut down after it."""
     import ray
 
-    from deploy.coordinator import NAMESPACE
+    from actors.names import NAMESPACE
 
     ray.init(address="local", num_cpus=6, namespace=NAMESPACE, include_dashboard=False, logging_level="ERROR")
     yield

@@ -12,8 +12,8 @@ from bench.baselines import train as trainer
 from bench.baselines.diffusion import (Diffusion, DiffusionConfig, Schedule, ddim_step_moments, ddim_steps,
                                        ddpm_step_moments)
 from bench.baselines.vae import VAE, VAEConfig
-from common.checkpoint import file_digest
-from common.data import load_goals
+from common.storage.checkpoint import file_digest
+from common.storage.data import load_goals
 from common.errors import CheckpointError, ConfigError
 
 TINY = {"vae": {"latent_dim": 4, "widths": [8, 16], "groups": 4},

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import launch
-from common.checkpoint import (LEARNER_FILE, complete_checkpoints, encode_learner_state, load_checkpoint,
+from common.storage.checkpoint import (LEARNER_FILE, complete_checkpoints, encode_learner_state, load_checkpoint,
                                save_checkpoint)
 from tests.helpers import start_launch, stop_process, wait_for
 
@@ -143,7 +143,7 @@ def test_interrupted_write_leaves_the_newest_complete_checkpoint(saved, monkeypa
     def crash(*_args, **_kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("common.checkpoint.write_file", crash)
+    monkeypatch.setattr("common.storage.checkpoint.write_file", crash)
     with pytest.raises(OSError):
         save_checkpoint(saved, 999, state.learner_bytes, _copy_replay(state), {})
     assert complete_checkpoints(saved) == before
@@ -170,8 +170,8 @@ def test_keeps_only_the_newest_checkpoints(saved, data_dir, capsys):
 
 
 def test_manifest_from_before_loss_reduction_reads_as_the_per_pixel_loss():
-    from common.presets import small
-    from common.state import config_from_manifest
+    from common.method.presets import small
+    from common.storage.run_state import config_from_manifest
 
     old = small().to_dict()
     del old["mdp"]["loss_reduction"]  # what checkpoints written before the setting existed hold

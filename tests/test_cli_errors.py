@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import launch
-from common.cli import build_parser, parse_train
+from deploy.cli import build_parser, parse_train
 from common.errors import ConfigError
 from deploy.placement import (OVERSUBSCRIPTION, Placement, check_local_placement, report_cluster_shortfall,
                               resolve_placement)
@@ -88,7 +88,7 @@ def test_gzip_only_data_folder_loads_and_a_truncated_gzip_is_refused(capsys, tmp
     raw.mkdir(parents=True)
     gz = data_dir / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
     shutil.copy(gz, raw)
-    from common.data import load_goals
+    from common.storage.data import load_goals
 
     assert len(load_goals("mnist", tmp_path)) == 60_000
     (raw / gz.name).write_bytes(gz.read_bytes()[:100_000])

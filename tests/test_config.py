@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-import common.presets as presets
-from common.config import (ActingConfig, ExperimentConfig, LearningConfig, MDPConfig, NetworkConfig, ReplayConfig,
+import common.method.presets as presets
+from common.method.config import (ActingConfig, ExperimentConfig, LearningConfig, MDPConfig, NetworkConfig, ReplayConfig,
                            apply_overrides)
 from common.errors import ConfigError
 
@@ -133,15 +133,13 @@ def test_small_lookahead_is_small_with_the_lookahead_h8_and_bf16():
     assert restored == base
 
 
-def test_default_preset_without_gpu_is_small_lookahead(monkeypatch):
-    monkeypatch.setattr(presets, "gpu_available", lambda: False)
-    name, config = presets.preset(None)
+def test_default_preset_without_gpu_is_small_lookahead():
+    name, config = presets.preset(None, has_gpu=False)
     assert name == "small-lookahead" and config == presets.small_lookahead()
 
 
-def test_default_preset_with_gpu_is_paper_lookahead(monkeypatch):
-    monkeypatch.setattr(presets, "gpu_available", lambda: True)
-    name, config = presets.preset(None)
+def test_default_preset_with_gpu_is_paper_lookahead():
+    name, config = presets.preset(None, has_gpu=True)
     assert name == "paper-lookahead" and config == presets.paper_lookahead()
 
 

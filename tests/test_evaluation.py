@@ -17,12 +17,12 @@ from PIL import Image
 from torch import nn
 
 import launch
-from common.checkpoint import LEARNER_FILE, complete_checkpoints
-from common.data import load_goals
-from common.evaluation import (PeriodicEvaluator, decode, load_codes, load_model, reconstruct, save_codes,
+from common.storage.checkpoint import LEARNER_FILE, complete_checkpoints
+from common.storage.data import load_goals
+from evaluation.evaluation import (PeriodicEvaluator, decode, load_codes, load_model, reconstruct, save_codes,
                                training_scorer)
-from common.figures import grid_size
-from common.rollout import greedy_reconstruction
+from evaluation.figures import grid_size
+from common.method.rollout import greedy_reconstruction
 
 SIDE = 28  # MNIST
 

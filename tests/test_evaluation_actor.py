@@ -17,17 +17,18 @@ import ray
 import torch
 
 from actors.evaluation_actor import start_evaluation
-from actors.evaluator import evaluator_from_request
-from common.cli import parse_train
-from common.data import load_goals
+from evaluation.weights_evaluator import evaluator_from_request
+from deploy.cli import parse_train
+from common.storage.data import load_goals
 from common.errors import MessageError
-from common.messages import pack_weights
-from common.networks import VAgent
-from common.presets import tiny
-from common.progress import ProgressPrinter
-from common.training_eval import EvalOptions, EvaluationRequest
-from deploy.coordinator import Coordinator, RunNames
-from deploy.driver import DistributedRun, resolve_placement
+from common.storage.messages import pack_weights
+from common.method.networks import VAgent
+from common.method.presets import tiny
+from deploy.progress import ProgressPrinter
+from evaluation.periodic import EvalOptions, EvaluationRequest
+from actors.names import RunNames
+from deploy.coordinator import Coordinator
+from deploy.ray_driver import DistributedRun, resolve_placement
 
 pytestmark = pytest.mark.slow
 

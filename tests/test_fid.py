@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.data import GoalSet, load_goals
+from common.storage.data import GoalSet, load_goals
 from common.errors import EvaluationError
-from common.fid import (NUM_FEATURES, FidScorer, ReferenceCache, load_inception, locate_inception,
+from evaluation.fid import (NUM_FEATURES, FidScorer, ReferenceCache, load_inception, locate_inception,
                         reference_stats)
 
 SET_SIZE = 64
@@ -135,6 +135,6 @@ def test_missing_or_unreadable_inception_file_is_one_line(tmp_path, monkeypatch)
     with pytest.raises(EvaluationError, match="cannot be loaded as TorchScript") as unreadable:
         load_inception(bad)
     assert str(bad) in str(unreadable.value) and "\n" not in str(unreadable.value)
-    monkeypatch.setattr("common.fid.default_inception_path", lambda: None)  # the package not installed
+    monkeypatch.setattr("evaluation.fid.default_inception_path", lambda: None)  # the package not installed
     with pytest.raises(EvaluationError, match="--inception PATH"):
         locate_inception()

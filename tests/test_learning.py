@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from common.data import load_goals
-from common.losses import selection_cross_entropy
-from common.presets import small
-from common.evaluation import reconstruct
-from common.rollout import s_agent_sample
-from common.run import RunOptions
-from learner.single_process import SingleProcessTrainer
+from common.storage.data import load_goals
+from common.method.losses import selection_cross_entropy
+from common.method.presets import small
+from evaluation.evaluation import reconstruct
+from common.method.rollout import s_agent_sample
+from deploy.loop import RunOptions
+from deploy.single_process import SingleProcessTrainer
 
 TRAIN_SECONDS = 100
 RECONSTRUCTION_FACTOR = 1.6  # required drop (measured: 2.03 on the 2-core machine, 0.502 -> 0.247)

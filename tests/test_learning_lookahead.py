@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from common.data import load_goals
-from common.evaluation import reconstruct
-from common.presets import small_lookahead
-from common.rollout import s_agent_sample
-from common.run import RunOptions
-from learner.single_process import SingleProcessTrainer
+from common.storage.data import load_goals
+from evaluation.evaluation import reconstruct
+from common.method.presets import small_lookahead
+from common.method.rollout import s_agent_sample
+from deploy.loop import RunOptions
+from deploy.single_process import SingleProcessTrainer
 
 NUM_GOALS = 64
 UPDATES = 400

@@ -9,15 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-import common.lookahead as lookahead_module
+import common.method.lookahead as lookahead_module
 from buffers.tables import SampleRequest
-from common.config import ActingConfig, LearningConfig, MDPConfig, NetworkConfig
+from common.method.config import ActingConfig, LearningConfig, MDPConfig, NetworkConfig
 from common.errors import EvaluationError
-from common.evaluation import decode, reconstruct
-from common.lookahead import gc_agent_rollout, lookahead_rollout, proposal_fan_out
-from common.losses import all_action_targets
-from common.networks import VAgent
-from common.rollout import unfold_proposals
+from evaluation.evaluation import decode, reconstruct
+from common.method.lookahead import gc_agent_rollout, lookahead_rollout, proposal_fan_out
+from common.method.losses import all_action_targets
+from common.method.networks import VAgent
+from common.method.rollout import unfold_proposals
 from learner.learning import Learner
 
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from common.losses import (double_dqn_target, polyak_update, q_regression_loss, selection_cross_entropy,
+from common.method.losses import (double_dqn_target, polyak_update, q_regression_loss, selection_cross_entropy,
                            unfolded_proposal_loss)
-from common.networks import DuelingHead
+from common.method.networks import DuelingHead
 
 ONLINE = torch.tensor([[1.0, 5.0, 0.5], [2.0, 0.1, 3.0]])  # argmin: 2, 1
 TARGET = torch.tensor([[0.2, 9.0, 4.0], [7.0, 8.0, 0.3]])  # argmin: 0, 2 (plain DQN would take 0.2, 0.3)

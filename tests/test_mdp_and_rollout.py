@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from common.config import MDPConfig
-from common.losses import unfolded_proposal_loss
-from common.mdp import goal_loss, initial_state, step_rates, transition
-from common.rollout import (goal_conditioned_rollout, goal_conditioned_selection, greedy_reconstruction,
+from common.method.config import MDPConfig
+from common.method.losses import unfolded_proposal_loss
+from common.method.mdp import goal_loss, initial_state, step_rates, transition
+from common.method.rollout import (goal_conditioned_rollout, goal_conditioned_selection, greedy_reconstruction,
                             s_agent_sample, unfold_proposals)
 
 RATES = torch.tensor([1.0, 0.5, 1.0 / 3.0])

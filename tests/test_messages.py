@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from buffers.tables import ReplayTables
-from common.config import ReplayConfig
+from common.method.config import ReplayConfig
 from common.errors import MessageError
-from common.messages import TrajectoryBatch, TrajectorySpec, pack_arrays, unpack_arrays
+from common.storage.messages import TrajectoryBatch, TrajectorySpec, pack_arrays, unpack_arrays
 
 SPEC = TrajectorySpec(image_shape=(1, 4, 4), horizon=3, num_proposals=4, num_goals=10)
 REPLAY = ReplayConfig(gc_capacity=12, selection_capacity=12, proposal_capacity=4, min_size_to_sample=3)

@@ -13,10 +13,10 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from common.cli import parse_train
-from common.data import load_goals
-from deploy.coordinator import NAMESPACE
-from deploy.driver import DistributedRun, resolve_placement
+from deploy.cli import parse_train
+from common.storage.data import load_goals
+from actors.names import NAMESPACE
+from deploy.ray_driver import DistributedRun, resolve_placement
 
 pytestmark = pytest.mark.slow
 STORE = 200 * 1024 * 1024

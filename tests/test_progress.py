@@ -1,6 +1,6 @@
 """The progress line's rates: counted between readings, and never negative when a learner restarts behind."""
 
-from common.progress import Throughput
+from deploy.progress import Throughput
 
 
 def test_rates_after_a_learner_restart_count_from_its_checkpoint():

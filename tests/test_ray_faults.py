@@ -14,14 +14,14 @@ import pytest
 import ray
 
 from buffers.shard import ReplayShard
-from common.cli import parse_train
-from common.data import load_goals
+from deploy.cli import parse_train
+from common.storage.data import load_goals
 from common.errors import MessageError
-from common.messages import TrajectoryBatch, pack_arrays
-from common.presets import tiny
-from common.run import trajectory_spec
-from deploy.coordinator import NAMESPACE
-from deploy.driver import DistributedRun, resolve_placement
+from common.storage.messages import TrajectoryBatch, pack_arrays
+from common.method.presets import tiny
+from deploy.loop import trajectory_spec
+from actors.names import NAMESPACE
+from deploy.ray_driver import DistributedRun, resolve_placement
 from tests.helpers import drive
 
 pytestmark = pytest.mark.slow

@@ -14,13 +14,13 @@ import pytest
 import ray
 
 from buffers.shard import ReplayShard
-from common.checkpoint import load_checkpoint
-from common.cli import parse_train
-from common.data import load_goals
-from common.messages import TrajectoryBatch
-from common.presets import tiny
-from common.run import trajectory_spec
-from deploy.driver import DistributedRun, resolve_placement
+from common.storage.checkpoint import load_checkpoint
+from deploy.cli import parse_train
+from common.storage.data import load_goals
+from common.storage.messages import TrajectoryBatch
+from common.method.presets import tiny
+from deploy.loop import trajectory_spec
+from deploy.ray_driver import DistributedRun, resolve_placement
 from tests.helpers import drive
 from deploy.supervision import LearnerLost
 

@@ -17,9 +17,9 @@ import torch
 
 from buffers.tables import ReplayTables
 from buffers.replay_files import read_shard
-from common.checkpoint import complete_checkpoints, load_checkpoint
-from common.config import ExperimentConfig
-from common.messages import TrajectorySpec
+from common.storage.checkpoint import complete_checkpoints, load_checkpoint
+from common.method.config import ExperimentConfig
+from common.storage.messages import TrajectorySpec
 from tests.helpers import free_port, metric, run_launch, scrape, start_launch, stop_process, wait_for
 
 pytestmark = pytest.mark.slow

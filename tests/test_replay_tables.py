@@ -5,9 +5,9 @@ import pytest
 
 from buffers.replay_files import read_shard, write_shard
 from buffers.tables import MEMORY_NAMES, ReplayTables, SampleRequest
-from common.config import ReplayConfig
+from common.method.config import ReplayConfig
 from common.errors import CheckpointError
-from common.messages import TrajectoryBatch, TrajectorySpec, pack_arrays, unpack_arrays
+from common.storage.messages import TrajectoryBatch, TrajectorySpec, pack_arrays, unpack_arrays
 
 SPEC = TrajectorySpec(image_shape=(1, 4, 4), horizon=3, num_proposals=4, num_goals=10)
 REPLAY = ReplayConfig(gc_capacity=12, selection_capacity=12, proposal_capacity=4, min_size_to_sample=3,

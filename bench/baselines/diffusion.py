@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from common.config import MDPConfig, NetworkConfig, check_positive_int
+from common.method.config import MDPConfig, NetworkConfig, check_positive_int
 from common.errors import ConfigError
-from common.networks import ProposalUNet
+from common.method.networks import ProposalUNet
 
 
 @dataclass(frozen=True)

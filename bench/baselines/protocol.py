@@ -19,10 +19,11 @@ from dataclasses import dataclass
 import torch
 
 from bench.baselines.train import autocast
-from common.data import GoalSet, to_uint8
+from common.storage.data import GoalSet
+from common.method.pixels import to_uint8
 from common.device import cpu_has_native_bf16
-from common.evaluation import encoder_of, load_model, reconstruct, sample
-from common.fid import FidScorer, ReferenceCache, load_inception, reference_stats
+from evaluation.evaluation import encoder_of, load_model, reconstruct, sample
+from evaluation.fid import FidScorer, ReferenceCache, load_inception, reference_stats
 
 
 @dataclass

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common.config import check_positive, check_positive_int
+from common.method.config import check_positive, check_positive_int
 from common.errors import ConfigError
-from common.networks import conv_block
+from common.method.networks import conv_block
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ import time
 import numpy as np
 import torch
 
-from common.config import ExperimentConfig
-from common.data import GoalSet
+from common.method.config import ExperimentConfig
+from common.storage.data import GoalSet
 from common.errors import MessageError
-from common.messages import weights_updates
-from common.networks import VAgent, load_weights_message
-from common.training_eval import EvaluationRequest, TrainingEvaluation
+from common.storage.messages import weights_updates
+from common.method.networks import VAgent, load_weights_message
+from evaluation.periodic import EvaluationRequest, TrainingEvaluation
 
 
 class WeightsEvaluator:

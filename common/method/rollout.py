@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from common.mdp import goal_loss, transition
-from common.networks import ProposalUNet, SelectionNet, VAgent
+from common.method.mdp import goal_loss, transition
+from common.method.networks import ProposalUNet, SelectionNet, VAgent
 
 
 @dataclass

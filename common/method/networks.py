@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common.config import MDPConfig, NetworkConfig
-from common.messages import unpack_weights
+from common.method.config import MDPConfig, NetworkConfig
+from common.storage.messages import unpack_weights
 
 ImageShape = tuple[int, int, int]  # (C, H, W)
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from common.config import (ActingConfig, ExperimentConfig, LearningConfig, MDPConfig, NetworkConfig,
+from common.method.config import (ActingConfig, ExperimentConfig, LearningConfig, MDPConfig, NetworkConfig,
                            ReplayConfig)
-from common.device import gpu_available
 from common.errors import ConfigError
 
 
@@ -77,10 +76,11 @@ PRESETS = {"paper": paper, "paper-lookahead": paper_lookahead, "small": small, "
 DEFAULT_GPU_PRESET, DEFAULT_CPU_PRESET = "paper-lookahead", "small-lookahead"
 
 
-def preset(name: str | None) -> tuple[str, ExperimentConfig]:
-    """The named preset; with no name, the lookahead recipe sized for the hardware (GPU or not)."""
+def preset(name: str | None, has_gpu: bool = False) -> tuple[str, ExperimentConfig]:
+    """The named preset; with no name, the lookahead recipe sized for the hardware (`has_gpu`: the caller's
+    device, so this module stays free of device probing)."""
     if name is None:
-        name = DEFAULT_GPU_PRESET if gpu_available() else DEFAULT_CPU_PRESET
+        name = DEFAULT_GPU_PRESET if has_gpu else DEFAULT_CPU_PRESET
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r} (expected one of {', '.join(PRESETS)})")
     return name, PRESETS[name]()

@@ -13,15 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from common.cli import OneLineParser
-from common.data import DATASETS, GoalSet, to_uint8
+from deploy.cli import OneLineParser
+from common.storage.data import DATASETS, GoalSet
+from common.method.pixels import to_uint8
 from common.device import DEVICE_CHOICES, resolve_device
 from common.errors import ConfigError
-from common.evaluation import (ENCODERS, MSE_SCALE, LoadedModel, bits_per_image, decode, encoder_of, load_codes,
+from evaluation.evaluation import (ENCODERS, MSE_SCALE, LoadedModel, bits_per_image, decode, encoder_of, load_codes,
                                load_image_file, load_model, load_split, mean_squared_error, reconstruct, sample,
                                save_codes, write_json)
-from common.fid import PROTOCOL, FidScorer, ReferenceCache, default_cache_dir, load_inception, reference_stats
-from common.figures import reconstructions_figure, samples_figure, trajectories_figure
+from evaluation.fid import PROTOCOL, FidScorer, ReferenceCache, default_cache_dir, load_inception, reference_stats
+from evaluation.figures import reconstructions_figure, samples_figure, trajectories_figure
 
 COMMANDS = ("evaluate", "sample", "encode", "decode")
 

@@ -22,17 +22,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.checkpoint import LEARNER_FILE, load_checkpoint
-from common.config import BEHAVIOURS, ExperimentConfig
-from common.data import GoalSet, load_goals, to_uint8, to_unit_range
+from common.storage.checkpoint import LEARNER_FILE, load_checkpoint
+from common.method.config import BEHAVIOURS, ExperimentConfig
+from common.storage.data import GoalSet, load_goals
+from common.method.pixels import to_uint8, to_unit_range
 from common.errors import CheckpointError, DataError, EvaluationError
-from common.fid import FidScorer, Progress, ReferenceCache, load_inception, reference_stats
-from common.figures import samples_figure
-from common.lookahead import lookahead_rollout
-from common.mdp import step_rates
-from common.networks import VAgent
-from common.rollout import greedy_reconstruction, s_agent_sample, unfold_proposals
-from common.state import config_from_manifest
+from evaluation.fid import FidScorer, Progress, ReferenceCache, load_inception, reference_stats
+from evaluation.figures import samples_figure
+from common.method.lookahead import lookahead_rollout
+from common.method.mdp import step_rates
+from common.method.networks import VAgent
+from common.method.rollout import greedy_reconstruction, s_agent_sample, unfold_proposals
+from common.storage.run_state import config_from_manifest
 
 ENCODERS = BEHAVIOURS  # the GC-agent that turns an image into a code is one of those that act (see reconstruct)
 MSE_SCALE = "per-pixel mean squared error on images scaled to [-1, 1] (divide by 4 for the [0, 1] scale)"
@@ -139,7 +140,7 @@ def reconstruct(agent, x1: torch.Tensor, rates: torch.Tensor, goals: torch.Tenso
     """GC-agent rollouts towards `goals` [N, C, H, W] (uint8 or float [-1, 1]), batch by batch.
 
     encoder "q": the Q-network's greedy choices (Algorithm 1 without the malus, the paper's encoder);
-    "lookahead": the lookahead extension with `beam_width` (common/lookahead.py).
+    "lookahead": the lookahead extension with `beam_width` (common/method/lookahead.py).
     """
     if encoder not in ENCODERS:
         raise EvaluationError(f"encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")

@@ -152,7 +152,7 @@ class ActingConfig:
     """How the GC-agent chooses and explores (Algorithm 1) and how many goals one rollout call handles.
 
     behaviour "q" is the paper: argmin_a Q + kappa * log S-select. "lookahead" is an extension
-    (common/lookahead.py): all A proposals are stepped and the nearest to the goal is kept, with a beam
+    (common/method/lookahead.py): all A proposals are stepped and the nearest to the goal is kept, with a beam
     of beam_width sequences; q_fraction of each batch's goals still act by the paper's rule, so the
     Q-network sees the consequences of its own choices.
     """

@@ -10,14 +10,14 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.config import (ExperimentConfig, apply_overrides, check_int_range, check_non_negative, check_positive,
+from common.method.config import (ExperimentConfig, apply_overrides, check_int_range, check_non_negative, check_positive,
                            check_positive_int)
-from common.data import DATASETS
-from common.device import DEVICE_CHOICES
+from common.storage.data import DATASETS
+from common.device import DEVICE_CHOICES, gpu_available
 from common.errors import ConfigError
-from common.presets import PRESETS, preset
-from common.run import RunOptions
-from common.training_eval import EvalOptions
+from common.method.presets import PRESETS, preset
+from deploy.loop import RunOptions
+from evaluation.periodic import EvalOptions
 
 RUNTIMES = ("ray", "single-process")
 SEED_MAX = 2**32 - 1  # the largest seed numpy's legacy seeding takes (torch and default_rng take more)
@@ -111,7 +111,7 @@ def load_config(args: argparse.Namespace) -> tuple[str, ExperimentConfig]:
     """Preset, then the --config file, then each --set, each layer checked as it is applied."""
     file_overrides = _read_yaml(args.config) if args.config else {}
     name = args.preset or file_overrides.pop("preset", None)
-    name, config = preset(name)
+    name, config = preset(name, gpu_available())
     config = apply_overrides(config, file_overrides, str(args.config)) if file_overrides else config
     for item in args.set:
         config = apply_overrides(config, _parse_set(item), f"--set {item}")
@@ -192,7 +192,7 @@ def check_fresh_checkpoint_dir(run: RunOptions) -> None:
     Its checkpoints would be pruned by the older, higher-numbered ones, and a restarted learner or shard
     would come back from the other run's state; so the user says which: --resume, or another folder.
     """
-    from common.checkpoint import complete_checkpoints
+    from common.storage.checkpoint import complete_checkpoints
 
     found = complete_checkpoints(run.checkpoint_dir) if run.checkpoint_dir and not run.resume else []
     if found:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from common.config import ExperimentConfig
-from common.data import GoalSet
+from common.method.config import ExperimentConfig
+from common.storage.data import GoalSet
 from common.errors import CheckpointError, ConfigError
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from common.config import MDPConfig
+from common.method.config import MDPConfig
 
 
 def step_rates(mdp: MDPConfig, device=None) -> torch.Tensor:

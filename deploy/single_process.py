@@ -14,15 +14,15 @@ import torch
 from actors.worker import RolloutWorker
 from buffers.replay_files import read_shard, write_shard
 from buffers.tables import ReplayTables
-from common.checkpoint import encode_learner_state, load_checkpoint, save_checkpoint
-from common.config import ExperimentConfig
-from common.data import GoalSet
+from common.storage.checkpoint import encode_learner_state, load_checkpoint, save_checkpoint
+from common.method.config import ExperimentConfig
+from common.storage.data import GoalSet
 from common.device import resolve_device
 from common.errors import CheckpointError
-from common.progress import LossTracker, ProgressPrinter, Throughput
-from common.run import RunOptions, RunSummary, StopSignal, build_agent, start_state, trajectory_spec
-from common.state import checkpoint_meta, check_compatible, rng_state, set_rng_state
-from common.training_eval import TrainingEvaluation, describe
+from deploy.progress import LossTracker, ProgressPrinter, Throughput
+from deploy.loop import RunOptions, RunSummary, StopSignal, build_agent, start_state, trajectory_spec
+from common.storage.run_state import checkpoint_meta, check_compatible, rng_state, set_rng_state
+from evaluation.periodic import TrainingEvaluation, describe
 from learner.learning import Learner
 
 

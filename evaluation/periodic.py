@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.config import ExperimentConfig, check_non_negative, check_positive_int
-from common.data import GoalSet, load_goals, to_unit_range
+from common.method.config import ExperimentConfig, check_non_negative, check_positive_int
+from common.storage.data import GoalSet, load_goals
+from common.method.pixels import to_unit_range
 from common.errors import ConfigError
 
 DEFAULT_GPU_FID_SAMPLES = 2000
@@ -39,7 +40,7 @@ class EvalOptions:
 
 
 def _fid_network_installed() -> bool:
-    from common.fid import default_inception_path
+    from evaluation.fid import default_inception_path
 
     return default_inception_path() is not None
 
@@ -90,7 +91,7 @@ class TrainingEvaluation:
                  data_dir, run_dir: Path | None, device: torch.device, test_images: torch.Tensor | None = None):
         """`test_images` (uint8 [B, C, H, W]) is the test batch when the caller has it (the evaluation actor,
         from an EvaluationRequest); without it the batch is read from `data_dir`."""
-        from common.evaluation import PeriodicEvaluator, training_scorer  # torchmetrics only when evaluating
+        from evaluation.evaluation import PeriodicEvaluator, training_scorer  # torchmetrics only when evaluating
 
         self.options, self.device = options, device
         test = fixed_test_batch(options, dataset, data_dir) if test_images is None else test_images

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from common.mdp import goal_loss, transition
-from common.networks import ProposalUNet
-from common.rollout import Trajectories, goal_conditioned_rollout
+from common.method.mdp import goal_loss, transition
+from common.method.networks import ProposalUNet
+from common.method.rollout import Trajectories, goal_conditioned_rollout
 
 
 FAN_OUT_ROWS = 256  # U-Net rows per call: on a CPU the cost per row triples past ~512 rows (cache)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from common.errors import DataError
+from common.method.pixels import to_unit_range
 
 TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 DATASETS = tuple(TORCHVISION_FOLDERS) + ("folder",)
@@ -61,16 +62,6 @@ class GoalSet:
         """A digest of the pixels, so a checkpoint whose replay holds goal indices refuses other data."""
         digest = hashlib.sha256(self.images.numpy().tobytes()).hexdigest()[:16]
         return f"{self.name}/{self.split}/{len(self)}x{'x'.join(map(str, self.image_shape))}/{digest}"
-
-
-def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float32 [-1, 1]."""
-    return images.float().div(127.5).sub(1.0)
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """float [-1, 1] -> uint8 [0, 255], clamping what a model overshoots."""
-    return images.detach().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 def default_data_dirs() -> list[Path]:

@@ -21,16 +21,17 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from actors.evaluation_actor import EvaluationClient, start_evaluation
 from actors.rollout_actor import ActorSettings, RolloutActor
 from buffers.shard import ReplayShard
-from common.checkpoint import Checkpoint, decode_learner_state, load_checkpoint, save_checkpoint
-from common.cli import TrainCommand
-from common.data import GoalSet
+from common.storage.checkpoint import Checkpoint, decode_learner_state, load_checkpoint, save_checkpoint
+from deploy.cli import TrainCommand
+from common.storage.data import GoalSet
 from common.errors import CheckpointError, ConfigError, UserError
-from common.networks import VAgent, load_weights_message
-from common.progress import LossTracker, ProgressPrinter, Throughput
-from common.run import RunSummary, StopSignal, start_state, trajectory_spec
-from common.state import check_compatible, checkpoint_meta
-from common.training_eval import EvaluationRequest, TrainingEvaluation, describe
-from deploy.coordinator import Coordinator, RunNames
+from common.method.networks import VAgent, load_weights_message
+from deploy.progress import LossTracker, ProgressPrinter, Throughput
+from deploy.loop import RunSummary, StopSignal, start_state, trajectory_spec
+from common.storage.run_state import check_compatible, checkpoint_meta
+from evaluation.periodic import EvaluationRequest, TrainingEvaluation, describe
+from actors.names import PEER_FAILURES, RunNames
+from deploy.coordinator import Coordinator
 from deploy.metrics import RunMetrics
 from deploy.placement import (Placement, check_local_placement, cluster_address, connect, report_cluster_shortfall,
                               resolve_placement)
@@ -38,7 +39,7 @@ from deploy.supervision import LearnerLost, LearnerSupervisor
 from learner.actor import LearnerActor, LearnerSettings
 
 SLICE_SECONDS = 1.0  # learning between two polls of the actors
-ACTOR_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError)
+ACTOR_FAILURES = PEER_FAILURES + (ray.exceptions.GetTimeoutError,)  # gone, restarting, or not answering
 
 
 def run_distributed(command: TrainCommand, goals: GoalSet,

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from common.config import ExperimentConfig, check_positive, check_positive_int
-from common.data import GoalSet
+from common.method.config import ExperimentConfig, check_positive, check_positive_int
+from common.storage.data import GoalSet
 from common.errors import ConfigError
-from common.mdp import initial_state
-from common.messages import TrajectorySpec
-from common.networks import VAgent
+from common.method.mdp import initial_state
+from common.storage.messages import TrajectorySpec
+from common.method.networks import VAgent
 
 
 @dataclass(frozen=True)

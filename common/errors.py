@@ -1,5 +1,9 @@
 """Error types for bad input, so every entry point can show one clear line instead of a traceback."""
 
+from __future__ import annotations
+
+import argparse
+
 
 class UserError(ValueError):
     """Input a user can fix (flag, config file, data folder, checkpoint, message).
@@ -27,3 +31,11 @@ class MessageError(UserError):
 
 class EvaluationError(UserError):
     """An evaluation input (Inception network file, codes file, image file) is missing or does not fit."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line naming it, instead of the whole usage text."""
+
+    def error(self, message: str):
+        """Raise instead of printing usage and exiting, so launch.main prints one line."""
+        raise ConfigError(f"{message} (see `python {self.prog} --help`)")

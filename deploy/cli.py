@@ -14,7 +14,7 @@ from common.method.config import (ExperimentConfig, apply_overrides, check_int_r
                            check_positive_int)
 from common.storage.data import DATASETS
 from common.device import DEVICE_CHOICES, gpu_available
-from common.errors import ConfigError
+from common.errors import ConfigError, OneLineParser
 from common.method.presets import PRESETS, preset
 from deploy.loop import RunOptions
 from evaluation.periodic import EvalOptions
@@ -22,14 +22,6 @@ from evaluation.periodic import EvalOptions
 RUNTIMES = ("ray", "single-process")
 SEED_MAX = 2**32 - 1  # the largest seed numpy's legacy seeding takes (torch and default_rng take more)
 RAY_RESOURCE_UNIT = 0.0001  # Ray refuses a non-zero resource quantity below this, with a traceback
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line naming it, instead of the whole usage text."""
-
-    def error(self, message: str):
-        """Raise instead of printing usage and exiting, so launch.main prints one line."""
-        raise ConfigError(f"{message} (see `python launch.py --help`)")
 
 
 @dataclass(frozen=True)

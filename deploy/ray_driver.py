@@ -25,7 +25,8 @@ from common.storage.checkpoint import Checkpoint, decode_learner_state, load_che
 from deploy.cli import TrainCommand
 from common.storage.data import GoalSet
 from common.errors import CheckpointError, ConfigError, UserError
-from common.method.networks import VAgent, load_weights_message
+from common.method.networks import VAgent
+from common.storage.messages import load_weights_message
 from deploy.progress import LossTracker, ProgressPrinter, Throughput
 from deploy.loop import RunSummary, StopSignal, start_state, trajectory_spec
 from common.storage.run_state import check_compatible, checkpoint_meta

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.cli import OneLineParser
 from common.storage.data import DATASETS, GoalSet
 from common.method.pixels import to_uint8
 from common.device import DEVICE_CHOICES, resolve_device
-from common.errors import ConfigError
+from common.errors import ConfigError, OneLineParser
 from evaluation.evaluation import (ENCODERS, MSE_SCALE, LoadedModel, bits_per_image, decode, encoder_of, load_codes,
                                load_image_file, load_model, load_split, mean_squared_error, reconstruct, sample,
                                save_codes, write_json)
@@ -55,16 +54,8 @@ class ProgressDisplay:
         print(f"note: {message}", file=self.stream, flush=True)
 
 
-class EvalParser(OneLineParser):
-    """One-line errors that point at the subcommand's own help."""
-
-    def error(self, message: str):
-        """Raise instead of printing usage: launch.main shows it as one `error:` line."""
-        raise ConfigError(f"{message} (see `python {self.prog} --help`)")
-
-
-def _base_parser(command: str, description: str) -> EvalParser:
-    p = EvalParser(prog=f"launch.py {command}", description=description)
+def _base_parser(command: str, description: str) -> OneLineParser:
+    p = OneLineParser(prog=f"launch.py {command}", description=description)
     p.add_argument("--checkpoint", type=Path, required=True,
                    help="a checkpoint folder update-<N>, or a run's --checkpoint-dir (its newest)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
@@ -73,18 +64,18 @@ def _base_parser(command: str, description: str) -> EvalParser:
     return p
 
 
-def _encoder_flag(p: EvalParser) -> None:
+def _encoder_flag(p: OneLineParser) -> None:
     p.add_argument("--encoder", choices=ENCODERS, help="GC-agent that encodes: q (the paper's Q-network) or "
                    "lookahead (the extension); default: the behaviour the checkpoint was trained with")
 
 
-def _data_flags(p: EvalParser) -> None:
+def _data_flags(p: OneLineParser) -> None:
     p.add_argument("--dataset", choices=DATASETS, help="default: the dataset the checkpoint was trained on")
     p.add_argument("--data-dir", type=Path, help="as in training (default: searched)")
     p.add_argument("--download", action="store_true", help="let torchvision download the dataset if missing")
 
 
-def evaluate_parser() -> EvalParser:
+def evaluate_parser() -> OneLineParser:
     """Flags of `evaluate`: section 4.2's reconstruction MSE, reconstruction FID and sample FID."""
     p = _base_parser("evaluate", "Reconstruction MSE and FID, sample FID and the paper's figures for a checkpoint.")
     _data_flags(p)
@@ -101,7 +92,7 @@ def evaluate_parser() -> EvalParser:
     return p
 
 
-def sample_parser() -> EvalParser:
+def sample_parser() -> OneLineParser:
     """Flags of `sample`: Algorithm 3 only, no data needed."""
     p = _base_parser("sample", "Draw S-agent samples (Algorithm 3) from a checkpoint.")
     p.add_argument("--num-samples", type=int, default=100)
@@ -109,7 +100,7 @@ def sample_parser() -> EvalParser:
     return p
 
 
-def encode_parser() -> EvalParser:
+def encode_parser() -> OneLineParser:
     """Flags of `encode`: a dataset slice or a .npy of images in, an .npz of codes out."""
     p = _base_parser("encode", "Turn images into the GC-agent's selection sequences (H indexes, H*log2(A) bits).")
     _data_flags(p)
@@ -122,7 +113,7 @@ def encode_parser() -> EvalParser:
     return p
 
 
-def decode_parser() -> EvalParser:
+def decode_parser() -> OneLineParser:
     """Flags of `decode`: an .npz from `encode` in, images out."""
     p = _base_parser("decode", "Turn selection sequences from `encode` back into images.")
     p.add_argument("--codes", type=Path, required=True, help=".npz written by `encode`")

@@ -17,7 +17,8 @@ from common.method.config import ExperimentConfig
 from common.storage.data import GoalSet
 from common.errors import MessageError
 from common.storage.messages import weights_updates
-from common.method.networks import VAgent, load_weights_message
+from common.method.networks import VAgent
+from common.storage.messages import load_weights_message
 from evaluation.periodic import EvaluationRequest, TrainingEvaluation
 
 

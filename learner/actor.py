@@ -19,6 +19,7 @@ import torch
 
 from actors.names import PEER_FAILURES
 from buffers.tables import ReplaySample, SampleRequest
+from common.device import resolve_device
 from common.storage.checkpoint import decode_learner_state, encode_learner_state
 from common.method.config import LearningConfig, MDPConfig, NetworkConfig
 from common.storage.messages import pack_weights
@@ -72,14 +73,6 @@ class ShardSampler:
         return None if payload is None else ReplaySample.from_message(payload)
 
 
-def learner_device(wanted: str) -> torch.device:
-    """The GPU Ray assigned, or the CPU (with a line saying so) when this process cannot see CUDA."""
-    if wanted == "cuda" and not torch.cuda.is_available():
-        print("learner: a GPU was reserved but torch sees no CUDA device here; learning on the CPU", flush=True)
-        return torch.device("cpu")
-    return torch.device(wanted)
-
-
 @ray.remote(max_restarts=0)
 class LearnerActor:
     """Runs Algorithm 2 against the shards; the GPU when it was given one."""
@@ -89,7 +82,7 @@ class LearnerActor:
         torch.set_num_threads(settings.threads)
         torch.manual_seed(settings.seed)
         agent = VAgent(tuple(goal_images.shape[1:]), mdp, network)
-        self.device = learner_device(settings.device)
+        self.device = resolve_device(settings.device)  # 'cuda' only where Ray gave it a GPU
         self.learner = Learner(agent, mdp, learning, torch.from_numpy(np.array(goal_images)),
                                torch.from_numpy(np.array(x1)), self.device)
         self.settings, self.coordinator, self.version = settings, coordinator, 0

@@ -4,7 +4,8 @@ import torch
 from common.method.config import MDPConfig, NetworkConfig
 from common.errors import MessageError
 from common.storage.messages import pack_weights
-from common.method.networks import GoalQNet, ProposalUNet, SelectionNet, VAgent, load_weights_message
+from common.method.networks import GoalQNet, ProposalUNet, SelectionNet, VAgent
+from common.storage.messages import load_weights_message
 
 MDP = MDPConfig(horizon=3, num_proposals=4)
 NET = NetworkConfig(proposal_widths=(8, 8, 16, 16), selection_widths=(8, 8, 16), groups=4)

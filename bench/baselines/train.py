@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from bench.baselines.diffusion import Diffusion, DiffusionConfig  # noqa: E402
 from bench.baselines.vae import VAE, VAEConfig  # noqa: E402
 from common.storage.checkpoint import file_digest  # noqa: E402
-from deploy.cli import OneLineParser  # noqa: E402
+from common.errors import OneLineParser  # noqa: E402
 from common.method.config import check_non_negative, check_positive, check_positive_int  # noqa: E402
 from common.storage.data import DATASETS, GoalSet, load_goals  # noqa: E402
 from common.device import DEVICE_CHOICES, cpu_has_native_bf16, resolve_device  # noqa: E402

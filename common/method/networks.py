@@ -10,13 +10,11 @@ Steps h and selections a are 0-based here (h in [0, H), a in [0, A)).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from common.method.config import MDPConfig, NetworkConfig
-from common.storage.messages import unpack_weights
 
 ImageShape = tuple[int, int, int]  # (C, H, W)
 
@@ -152,15 +150,3 @@ class VAgent(nn.Module):
         self.proposal = ProposalUNet(image_shape, mdp, net)
         self.selection = SelectionNet(image_shape, mdp, net)
         self.goal_q = GoalQNet(image_shape, mdp, net)
-
-
-def load_weights_message(agent: nn.Module, payload: bytes) -> int:
-    """Load a published weights message into `agent`; returns its version.
-
-    Rollout actors and the driver's periodic evaluation receive weights the same way, and a message
-    that does not fit the receiver's parameters is refused before any of them changes.
-    """
-    expected = {k: tuple(v.shape) for k, v in agent.state_dict().items()}
-    arrays, version = unpack_weights(payload, expected)
-    agent.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})  # copies: payload is read-only
-    return version

@@ -14,6 +14,7 @@ import math
 
 import msgpack
 import numpy as np
+import torch
 
 from common.errors import MessageError
 
@@ -189,3 +190,15 @@ def unpack_weights(payload: bytes, expected: dict[str, tuple[int, ...]]) -> tupl
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise MessageError(f"weights message version must be an int >= 0, got {version!r}")
     return arrays, version
+
+
+def load_weights_message(agent: torch.nn.Module, payload: bytes) -> int:
+    """Load a published weights message into `agent`; returns its version.
+
+    Rollout actors and the driver's periodic evaluation receive weights the same way, and a message
+    that does not fit the receiver's parameters is refused before any of them changes.
+    """
+    expected = {k: tuple(v.shape) for k, v in agent.state_dict().items()}
+    arrays, version = unpack_weights(payload, expected)
+    agent.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})  # copies: payload is read-only
+    return version

@@ -23,14 +23,13 @@ EVAL_COMMANDS = ("evaluate", "sample", "encode", "decode")
 
 def train(argv: list[str]) -> int:
     """Parse flags, load the goals, run the chosen runtime."""
-    from deploy.cli import parse_train
+    from common.device import bf16_warning, resolve_device
     from common.storage.data import load_goals
+    from deploy.cli import parse_train
 
     command = parse_train(argv, DESCRIPTION)
-    print(f"preset: {command.preset_name} ({'chosen' if command.args.preset else 'default'}), "
+    print(f"preset: {command.preset_name} ({'chosen' if command.preset_chosen else 'default'}), "
           f"runtime: {command.runtime}, dataset: {command.data.dataset}", flush=True)
-    from common.device import bf16_warning, resolve_device
-
     warning = bf16_warning(command.config, resolve_device(command.run.device))
     if warning:
         print(warning, flush=True)
@@ -43,7 +42,7 @@ def train(argv: list[str]) -> int:
 
         summary = SingleProcessTrainer(command.config, goals, command.run, command.preset_name, evaluation).run()
     else:
-        if not command.args.address:  # a local Ray needs no routable address: keep it on loopback
+        if not command.ray.address:  # a local Ray needs no routable address: keep it on loopback
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         from deploy.ray_driver import run_distributed
 
@@ -64,7 +63,7 @@ def training_evaluation(command, goals):
 
     if command.runtime != "single-process":
         return EvaluationRequest.load(command.evaluation, command.data.dataset, command.data.data_dir,
-                                      command.run.checkpoint_dir, command.args.eval_cpus, command.args.eval_gpus)
+                                      command.run.checkpoint_dir, command.ray.eval_cpus, command.ray.eval_gpus)
     return TrainingEvaluation(command.evaluation, command.config, goals, command.data.dataset, command.data.data_dir,
                               command.run.checkpoint_dir, resolve_device(command.run.device))
 

@@ -1,6 +1,6 @@
 """The evaluation actor: the periodic evaluation (--eval-every) beside the learner, so learning never pauses.
 
-A thin Ray wrapper of evaluation/weights_evaluator.py's WeightsEvaluator. Like a rollout actor it finds the
+A thin Ray wrapper of evaluation/periodic.py's WeightsEvaluator. Like a rollout actor it finds the
 coordinator by name and reads there the training images (the FID reference), the test batch the driver
 posted and the newest published weights; its loop runs in a thread started by
 the constructor, so a restarted actor resumes by itself. Every --eval-every seconds it evaluates the
@@ -23,21 +23,12 @@ import ray
 import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from evaluation.weights_evaluator import evaluator_from_request
+from common.device import resolve_device
 from common.method.config import ExperimentConfig
-from evaluation.periodic import EvaluationRequest
+from evaluation.periodic import EvaluationRequest, evaluator_from_request
 from actors.names import NAMESPACE, PEER_FAILURES, RunNames
 
 POLL_SECONDS = 0.25  # how often the loop looks at its clock
-
-
-def evaluation_device(gpus: float) -> torch.device:
-    """The GPU when the actor was given one (and torch sees it), else the CPU."""
-    if gpus > 0 and torch.cuda.is_available():
-        return torch.device("cuda")
-    if gpus > 0:
-        print("evaluation: a GPU was reserved but torch sees no CUDA device here; evaluating on the CPU", flush=True)
-    return torch.device("cpu")
 
 
 @ray.remote(max_restarts=-1, max_concurrency=2)
@@ -67,7 +58,8 @@ class EvaluationActor:
     def _run(self, request: EvaluationRequest, config: ExperimentConfig, x1: np.ndarray) -> None:
         goal_images = ray.get(ray.get(self.coordinator.goals.remote())[0])  # [N, C, H, W] uint8, read-only
         request = replace(request, test_images=ray.get(ray.get(self.coordinator.test_images.remote())[0]))
-        self.evaluator = evaluator_from_request(request, config, goal_images, x1, evaluation_device(request.gpus))
+        device = resolve_device("cuda" if request.gpus > 0 else "cpu")  # a reserved GPU torch cannot see: an error
+        self.evaluator = evaluator_from_request(request, config, goal_images, x1, device)
         while not self._stop.wait(POLL_SECONDS):
             if not self.evaluator.due():
                 continue

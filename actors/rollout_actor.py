@@ -18,10 +18,9 @@ import numpy as np
 import ray
 import torch
 
-from actors.worker import RolloutWorker
-from common.method.config import ActingConfig, MDPConfig, NetworkConfig
-from common.method.networks import VAgent
 from actors.names import PEER_FAILURES, RunNames
+from common.device import resolve_device
+from learner.builder import Builder
 
 
 @dataclass(frozen=True)
@@ -48,15 +47,14 @@ class ActorCounters:
 class RolloutActor:
     """Algorithm 1 for batches of goals, forever, with periodically refreshed weights."""
 
-    def __init__(self, index: int, mdp: MDPConfig, network: NetworkConfig, acting: ActingConfig, x1: np.ndarray,
-                 names: RunNames, settings: ActorSettings):
+    def __init__(self, index: int, builder: Builder, x1: np.ndarray, names: RunNames, settings: ActorSettings):
         torch.set_num_threads(settings.threads)
         coordinator, shards = names.lookup()
         goal_images = ray.get(ray.get(coordinator.goals.remote())[0])  # [N, C, H, W] uint8, read-only, shared
-        device = torch.device(settings.device)
-        agent = VAgent(tuple(goal_images.shape[1:]), mdp, network).to(device)
-        self.worker = RolloutWorker(agent, mdp, acting, goal_images, torch.from_numpy(np.array(x1)), device,
-                                    settings.seed + 7919 * index + int.from_bytes(uuid.uuid4().bytes[:2], "big"))
+        device = resolve_device(settings.device)  # 'cuda' only where Ray gave it a GPU
+        self.worker = builder.make_rollout_worker(
+            builder.make_agent(device=device), goal_images, torch.from_numpy(np.array(x1)), device,
+            settings.seed + 7919 * index + int.from_bytes(uuid.uuid4().bytes[:2], "big"))
         self.worker.weight_version = -1
         self.index, self.coordinator, self.shards, self.settings = index, coordinator, shards, settings
         self.incarnation = uuid.uuid4().hex

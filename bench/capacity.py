@@ -32,11 +32,11 @@ from typing import Callable, Iterator
 import torch
 
 from actors.worker import RolloutWorker
-from buffers.tables import ReplaySample, ReplayTables
+from buffers.tables import ReplaySample
 from common.method.config import ExperimentConfig
 from common.storage.data import GoalSet
 from common.storage.messages import TrajectoryBatch, pack_weights
-from deploy.loop import build_agent, start_state, trajectory_spec
+from learner.builder import Builder
 from learner.learning import Learner
 
 MB = 1e6
@@ -153,18 +153,18 @@ def limiter_count_per_step(learner: Learner) -> float:
 
 def build_learner(config: ExperimentConfig, goals: GoalSet, settings: CapacitySettings) -> Learner:
     """The learner the Ray run builds, on its device, from the same seeded weights."""
-    agent = build_agent(config, goals.image_shape, settings.seed)
-    return Learner(agent, config.mdp, config.learning, goals.images, start_state(config, goals),
-                   torch.device(settings.learner_device))
+    builder = Builder.for_goals(config, goals)
+    return builder.make_learner(builder.make_agent(settings.seed), goals.images, builder.start_state(goals),
+                                torch.device(settings.learner_device))
 
 
 def measure_rollout(config: ExperimentConfig, goals: GoalSet,
                     settings: CapacitySettings) -> tuple[dict, list[bytes], RolloutWorker]:
     """One actor core: collect + encode for `seconds`; returns cost fields, kept messages and the worker."""
     with torch_threads(1):
-        agent = build_agent(config, goals.image_shape, settings.seed)
-        worker = RolloutWorker(agent, config.mdp, config.acting, goals.images, start_state(config, goals),
-                               torch.device("cpu"), settings.seed + 1)
+        builder = Builder.for_goals(config, goals)
+        worker = builder.make_rollout_worker(builder.make_agent(settings.seed), goals.images, builder.start_state(goals),
+                                             torch.device("cpu"), settings.seed + 1)
         worker.collect()  # warm-up: first-call allocations and kernel choices
         messages = []
 
@@ -183,9 +183,8 @@ def measure_rollout(config: ExperimentConfig, goals: GoalSet,
 def measure_shard(config: ExperimentConfig, goals: GoalSet, messages: list[bytes], learner: Learner,
                   settings: CapacitySettings) -> tuple[dict, list[bytes]]:
     """One shard: inserts for half the time, then the learner's requests (inserting untimed when refused)."""
-    spec = trajectory_spec(config, goals)
-    b_h = config.acting.goals_per_rollout * config.mdp.horizon
-    tables = ReplayTables(config.replay, spec, config.learning.q_batch, b_h, settings.num_shards, settings.seed + 2)
+    builder = Builder.for_goals(config, goals)
+    spec, tables = builder.trajectory_spec(), builder.make_replay_tables(settings.seed + 2, settings.num_shards)
     feed = itertools.cycle(messages)
     insert = lambda: tables.insert(TrajectoryBatch.from_message(next(feed), spec))  # noqa: E731
     insert_s = timed(insert, settings.seconds / 2)

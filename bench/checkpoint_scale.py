@@ -31,10 +31,10 @@ import numpy as np  # noqa: E402
 import ray  # noqa: E402
 
 from buffers.shard import ReplayShard  # noqa: E402
-from buffers.tables import ReplayTables  # noqa: E402
 from common.storage.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from common.storage.messages import TrajectoryBatch, TrajectorySpec  # noqa: E402
 from common.method.presets import PRESETS  # noqa: E402
+from learner.builder import Builder  # noqa: E402
 
 IMAGE = (1, 28, 28)
 NUM_GOALS = 60_000
@@ -85,12 +85,14 @@ def replay_settings(args: argparse.Namespace):
     config = PRESETS[args.preset]()
     replay = dataclasses.replace(config.replay, min_size_to_sample=config.replay.gc_capacity,
                                  state_dtype=args.state_dtype)
-    return config, replay, TrajectorySpec(IMAGE, config.mdp.horizon, config.mdp.num_proposals, NUM_GOALS)
+    config = dataclasses.replace(config, replay=replay, acting=dataclasses.replace(config.acting,
+                                                                                  goals_per_rollout=FILL_BATCH))
+    return config, replay, Builder(config, IMAGE, NUM_GOALS).trajectory_spec()
 
 
 def layout_report(config, replay, spec: TrajectorySpec) -> None:
     """Bytes per episode and the whole replay, stored once (now) and per transition (format 1, before)."""
-    tables = ReplayTables(replay, spec, config.learning.q_batch, FILL_BATCH * spec.horizon)
+    tables = Builder(config, IMAGE, NUM_GOALS).make_replay_tables(0)
     h, state = spec.horizon, int(np.prod(IMAGE)) * 4
     before_episode = h * (2 * state + 2 + 2 + 4 + 8) + h * (state + 2 + 2) + h * 2 + 8  # format 1 columns
     before_total = (replay.gc_capacity * (2 * state + 16) + replay.selection_capacity * (state + 4)
@@ -142,8 +144,7 @@ def measure_restore(shards: list, folder: Path) -> tuple[float, float]:
 
 def make_shards(config, replay, spec: TrajectorySpec, count: int) -> list:
     """S replay shards with the preset's capacities split between them."""
-    return [ReplayShard.remote(replay, spec, config.learning.q_batch, FILL_BATCH * spec.horizon, count, i, 0)
-            for i in range(count)]
+    return [ReplayShard.remote(Builder(config, IMAGE, NUM_GOALS), count, i, 0) for i in range(count)]
 
 
 def main(argv: list[str] | None = None) -> None:

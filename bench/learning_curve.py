@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from deploy.cli import parse_train  # noqa: E402
 from common.storage.data import load_goals  # noqa: E402
 from common.method.losses import selection_cross_entropy  # noqa: E402
-from evaluation.evaluation import encoder_of, reconstruct  # noqa: E402
+from evaluation.inference import encoder_of, reconstruct  # noqa: E402
 from deploy.single_process import SingleProcessTrainer  # noqa: E402
 
 

@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 from deploy.cli import parse_train  # noqa: E402
 from common.storage.data import load_goals  # noqa: E402
-from evaluation.evaluation import ENCODERS, encoder_of, reconstruct, sample  # noqa: E402
+from evaluation.inference import ENCODERS, encoder_of, reconstruct, sample  # noqa: E402
 from evaluation.figures import line_chart, reconstructions_figure, samples_figure  # noqa: E402
 from common.method.losses import selection_cross_entropy  # noqa: E402
 from common.method.mdp import step_rates, transition  # noqa: E402
@@ -170,8 +170,7 @@ def fid_results(args, goals, test_goals, snapshots, x1: torch.Tensor, config) ->
     """Sample FID of each snapshot against the training reference, and the same-N floor."""
     if args.fid_samples <= 0 or not snapshots:
         return []
-    from evaluation.evaluation import training_scorer
-    from evaluation.fid import ReferenceCache, reference_stats
+    from evaluation.fid import ReferenceCache, reference_stats, training_scorer
 
     scorer = training_scorer(goals, args.fid_reference)
     floor = scorer.distance(scorer.reference, reference_stats(scorer, test_goals, args.fid_samples, ReferenceCache()))

@@ -144,7 +144,7 @@ def measure_model(model: str, folder: Path, proto, seed: int, eta: float = 0.0) 
 
 
 def _gcrl_parameters(folder: Path) -> dict:
-    from evaluation.evaluation import load_model
+    from evaluation.model import load_model
 
     agent = load_model(folder, "cpu").agent
     return {name: sum(p.numel() for p in getattr(agent, name).parameters())

@@ -176,7 +176,7 @@ def bench_ray(args: argparse.Namespace, goals: GoalSet, actors: int) -> Rates:
     from deploy.ray_driver import DistributedRun, resolve_placement
 
     command = train_command(args, "ray", actors)
-    run = DistributedRun(command, goals, resolve_placement(command.args, ray.cluster_resources()))
+    run = DistributedRun(command, goals, resolve_placement(command.ray, ray.cluster_resources()))
     steps = 0
     try:
         def step() -> None:
@@ -186,7 +186,7 @@ def bench_ray(args: argparse.Namespace, goals: GoalSet, actors: int) -> Rates:
 
         env, upd, window, note = measure(step, lambda: (run.counters.env_steps, steps), args.warmup, args.seconds)
     finally:
-        run.shutdown(steps)
+        run.finish()
         time.sleep(2.0)  # let Ray release the killed actors' CPUs before the next configuration asks
     return Rates("ray", actors, env, upd, window, note)
 

@@ -18,20 +18,21 @@ import uuid
 import ray
 
 from buffers.replay_files import read_shard, restore_newest, write_shard
-from buffers.tables import ReplayTables, SampleRequest
-from common.method.config import ReplayConfig
+from buffers.tables import SampleRequest
 from common.errors import CheckpointError, MessageError
-from common.storage.messages import TrajectoryBatch, TrajectorySpec
+from common.storage.messages import TrajectoryBatch
+from learner.builder import Builder
+
+SHARD_CPUS = 0.25  # what a shard asks of Ray: it mostly waits on its event loop (deploy/placement.py counts it)
 
 
-@ray.remote(num_cpus=0.25, max_restarts=-1)
+@ray.remote(num_cpus=SHARD_CPUS, max_restarts=-1)
 class ReplayShard:
     """One of S shards; each holds 1/S of every memory's capacity."""
 
-    def __init__(self, replay: ReplayConfig, spec: TrajectorySpec, q_batch: int, insert_transitions: int,
-                 num_shards: int, index: int, seed: int, checkpoint_dir: str | None = None):
-        self.index, self.spec, self.num_shards = index, spec, num_shards
-        self.tables = ReplayTables(replay, spec, q_batch, insert_transitions, num_shards, seed + 1000 * index)
+    def __init__(self, builder: Builder, num_shards: int, index: int, seed: int, checkpoint_dir: str | None = None):
+        self.index, self.spec, self.num_shards = index, builder.trajectory_spec(), num_shards
+        self.tables = builder.make_replay_tables(seed, num_shards, index)
         self.incarnation = uuid.uuid4().hex
         self.refused_messages = 0
         self.refilled_from: str | None = None

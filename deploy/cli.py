@@ -7,44 +7,15 @@ head node. Parsing imports no Ray; launch.py dispatches to a runtime with what t
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from pathlib import Path
 
-from common.method.config import (ExperimentConfig, apply_overrides, check_int_range, check_non_negative, check_positive,
-                           check_positive_int)
-from common.storage.data import DATASETS
 from common.device import DEVICE_CHOICES, gpu_available
 from common.errors import ConfigError, OneLineParser
+from common.method.config import ExperimentConfig, apply_overrides
 from common.method.presets import PRESETS, preset
-from deploy.loop import RunOptions
+from common.storage.data import DATASETS
+from deploy.settings import RUNTIMES, DataOptions, RaySettings, RunOptions, TrainCommand
 from evaluation.periodic import EvalOptions
-
-RUNTIMES = ("ray", "single-process")
-SEED_MAX = 2**32 - 1  # the largest seed numpy's legacy seeding takes (torch and default_rng take more)
-RAY_RESOURCE_UNIT = 0.0001  # Ray refuses a non-zero resource quantity below this, with a traceback
-
-
-@dataclass(frozen=True)
-class DataOptions:
-    """Which goals to train on and where they are."""
-
-    dataset: str = "mnist"
-    data_dir: Path | None = None
-    download: bool = False
-    num_goals: int | None = None  # train on the first N images only
-
-
-@dataclass(frozen=True)
-class TrainCommand:
-    """Everything a training run needs, parsed and checked."""
-
-    runtime: str
-    preset_name: str
-    config: ExperimentConfig
-    data: DataOptions
-    run: RunOptions
-    evaluation: EvalOptions
-    args: argparse.Namespace  # the raw flags, for runtime-specific options
 
 
 def build_parser(description: str) -> OneLineParser:
@@ -65,16 +36,16 @@ def build_parser(description: str) -> OneLineParser:
     p.add_argument("--checkpoint-every", type=float, default=RunOptions.checkpoint_every, help="seconds")
     p.add_argument("--keep-checkpoints", type=int, default=RunOptions.keep_checkpoints)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="learner device")
+    p.add_argument("--seed", type=int, default=RunOptions.seed)
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="the single-process trainer's device (the Ray learner's follows --learner-gpus)")
     p.add_argument("--threads", type=int, help="torch CPU threads of the single-process trainer (default: torch's)")
     p.add_argument("--progress-every", type=float, default=RunOptions.progress_every, help="seconds")
     g = p.add_argument_group("evaluation during training")
     g.add_argument("--eval-every", type=float, default=EvalOptions.every, help="seconds between evaluations (0: off)")
     g.add_argument("--eval-test-goals", type=int, default=EvalOptions.test_goals, help="test images reconstructed")
     g.add_argument("--eval-fid-samples", type=int, help="samples for FID (default: 2000 with a GPU, else 0)")
-    g.add_argument("--eval-cpus", type=float, default=0.0, help="CPUs the Ray runtime's evaluation actor reserves")
-    g.add_argument("--eval-gpus", type=float, default=0.0,
+    g.add_argument("--eval-cpus", type=float, default=RaySettings.eval_cpus, help="CPUs the Ray runtime's evaluation actor reserves")
+    g.add_argument("--eval-gpus", type=float, default=RaySettings.eval_gpus,
                    help="GPU fraction of the Ray runtime's evaluation actor (FID by default only on a GPU)")
     add_ray_flags(p)
     return p
@@ -84,18 +55,18 @@ def add_ray_flags(p: argparse.ArgumentParser) -> None:
     """Flags of the distributed runtime (ignored by --runtime single-process)."""
     g = p.add_argument_group("ray runtime")
     g.add_argument("--num-actors", type=int, help="rollout actors (default: one per CPU left over)")
-    g.add_argument("--num-replay-shards", type=int, default=1, help="replay shard actors")
-    g.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs per rollout actor")
-    g.add_argument("--actor-gpus", type=float, default=0.0, help="GPU fraction per rollout actor")
-    g.add_argument("--learner-cpus", type=float, default=1.0, help="CPUs for the learner")
+    g.add_argument("--num-replay-shards", type=int, default=RaySettings.num_replay_shards, help="replay shard actors")
+    g.add_argument("--actor-cpus", type=float, default=RaySettings.actor_cpus, help="CPUs per rollout actor")
+    g.add_argument("--actor-gpus", type=float, default=RaySettings.actor_gpus, help="GPU fraction per rollout actor")
+    g.add_argument("--learner-cpus", type=float, default=RaySettings.learner_cpus, help="CPUs for the learner")
     g.add_argument("--learner-gpus", type=float, help="GPUs for the learner (default: 1 if the cluster has one)")
-    g.add_argument("--metrics-port", type=int, default=8000, help="Prometheus endpoint on the driver (0: any free port, -1: off)")
+    g.add_argument("--metrics-port", type=int, default=RaySettings.metrics_port, help="Prometheus endpoint on the driver (0: any free port, -1: off)")
     g.add_argument("--address", help="Ray cluster to join, e.g. auto; default: start Ray locally")
-    g.add_argument("--publish-every", type=int, default=20, help="learner steps between weight publications")
+    g.add_argument("--publish-every", type=int, default=RaySettings.publish_every, help="learner steps between weight publications")
     g.add_argument("--shared-checkpoint-dir", action="store_true",
                    help="--checkpoint-dir is on a filesystem every node mounts (NFS, EFS): replay shards spread over "
                         "the nodes and write their checkpoint files where they run (default: shards on the driver's node)")
-    g.add_argument("--max-learner-restarts", type=int, default=3,
+    g.add_argument("--max-learner-restarts", type=int, default=RaySettings.max_learner_restarts,
                    help="times the driver restarts a dead learner from the newest checkpoint before ending the run")
 
 
@@ -140,44 +111,6 @@ def _parse_set(item: str) -> dict:
     return {section: {name: value}}
 
 
-def check_numeric_flags(args: argparse.Namespace) -> None:
-    """Range-check the numeric flags no settings object checks, so a bad one stops the run before anything starts.
-
-    --total-updates, --time-limit, --checkpoint-every, --keep-checkpoints, --progress-every and --threads are
-    checked by RunOptions, the --eval-* flags by EvalOptions, as parse_train builds them.
-    """
-    if args.num_goals is not None:
-        check_positive_int("--num-goals", args.num_goals)
-    check_int_range("--seed", args.seed, 0, SEED_MAX)
-    check_ray_flags(args)
-
-
-def check_ray_flags(args: argparse.Namespace) -> None:
-    """The Ray runtime's flags, checked whatever the runtime so a bad value is never silently carried along.
-
-    A placement Ray could never schedule waits forever, and a bad port or count fails deep inside Ray or
-    the metrics server with a traceback; here each is one line naming the flag.
-    """
-    if args.num_actors is not None:  # 0 is refused, not taken as "the default"
-        check_positive_int("--num-actors", args.num_actors)
-    check_positive_int("--num-replay-shards", args.num_replay_shards)
-    check_positive("--actor-cpus", args.actor_cpus)
-    check_non_negative("--actor-gpus", args.actor_gpus)
-    check_positive("--learner-cpus", args.learner_cpus)
-    if args.learner_gpus is not None:
-        check_non_negative("--learner-gpus", args.learner_gpus)
-    check_non_negative("--eval-cpus", args.eval_cpus)
-    check_non_negative("--eval-gpus", args.eval_gpus)
-    for flag in ("--actor-cpus", "--actor-gpus", "--learner-cpus", "--learner-gpus", "--eval-cpus", "--eval-gpus"):
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value is not None and 0 < value < RAY_RESOURCE_UNIT:
-            raise ConfigError(f"{flag} must be at least {RAY_RESOURCE_UNIT} (Ray's smallest unit) when not 0, "
-                              f"got {value!r}")
-    check_int_range("--metrics-port", args.metrics_port, -1, 65535, " (-1: off, 0: any free port)")
-    check_positive_int("--publish-every", args.publish_every)
-    check_int_range("--max-learner-restarts", args.max_learner_restarts, 0)
-
-
 def check_fresh_checkpoint_dir(run: RunOptions) -> None:
     """Refuse a new run (no --resume) into a folder that holds another run's checkpoints.
 
@@ -195,13 +128,23 @@ def check_fresh_checkpoint_dir(run: RunOptions) -> None:
 def parse_train(argv: list[str], description: str) -> TrainCommand:
     """Parse and check training flags; every bad value raises ConfigError with one line."""
     args = build_parser(description).parse_args(argv)
-    check_numeric_flags(args)
     name, config = load_config(args)
-    data = DataOptions(args.dataset, args.data_dir, args.download, args.num_goals)
     run = RunOptions(total_updates=args.total_updates, time_limit=args.time_limit,
                      checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
                      keep_checkpoints=args.keep_checkpoints, resume=args.resume, seed=args.seed,
                      device=args.device, progress_every=args.progress_every, threads=args.threads)
+    command = TrainCommand(args.runtime, name, args.preset is not None, config,
+                           DataOptions(args.dataset, args.data_dir, args.download, args.num_goals), run,
+                           EvalOptions(args.eval_every, args.eval_test_goals, args.eval_fid_samples), ray_settings(args))
     check_fresh_checkpoint_dir(run)
-    evaluation = EvalOptions(args.eval_every, args.eval_test_goals, args.eval_fid_samples)
-    return TrainCommand(args.runtime, name, config, data, run, evaluation, args)
+    return command
+
+
+def ray_settings(args: argparse.Namespace) -> RaySettings:
+    """The Ray runtime's flags as checked settings (built, so checked, whatever the runtime)."""
+    return RaySettings(num_actors=args.num_actors, num_replay_shards=args.num_replay_shards,
+                       actor_cpus=args.actor_cpus, actor_gpus=args.actor_gpus, learner_cpus=args.learner_cpus,
+                       learner_gpus=args.learner_gpus, eval_cpus=args.eval_cpus, eval_gpus=args.eval_gpus,
+                       metrics_port=args.metrics_port, address=args.address, publish_every=args.publish_every,
+                       shared_checkpoint_dir=args.shared_checkpoint_dir,
+                       max_learner_restarts=args.max_learner_restarts)

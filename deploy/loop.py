@@ -1,52 +1,26 @@
-"""What every runtime shares around the method: run options, the agent's construction, stop signals.
+"""The one run loop both runtimes drive: stop conditions, the checkpoint clock, the final checkpoint, the summary.
 
-Both the single-process reference and the Ray runtime build the agent, x_1 and the replay spec
-the same way from here, so a checkpoint of one can be resumed or evaluated by the other.
+A runtime (deploy/single_process.py, deploy/ray_driver.py) is any object with the small Runtime
+interface below: it advances training by one unit of its own (one act-or-learn turn in one process,
+a slice of learning and a poll of the actors on Ray), reports counters and losses, saves checkpoints
+and releases its processes. Everything about *when* (stop, save, print) lives here, once.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+import time
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Protocol
 
-import torch
-
-from common.method.config import ExperimentConfig, check_positive, check_positive_int
+from common.errors import CheckpointError
+from common.method.config import ExperimentConfig
+from common.storage.checkpoint import Checkpoint, load_checkpoint
 from common.storage.data import GoalSet
-from common.errors import ConfigError
-from common.method.mdp import initial_state
-from common.storage.messages import TrajectorySpec
-from common.method.networks import VAgent
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How long to train and where to save: the flags common to both runtimes."""
-
-    total_updates: int = 10_000
-    time_limit: float | None = None  # seconds of training; None for no limit
-    checkpoint_dir: Path | None = None
-    checkpoint_every: float = 600.0  # seconds between periodic checkpoints
-    keep_checkpoints: int = 3
-    resume: bool = False
-    seed: int = 0
-    device: str = "auto"
-    progress_every: float = 5.0  # seconds between progress lines
-    threads: int | None = None  # torch CPU threads in this process; None keeps torch's default
-
-    def __post_init__(self):
-        check_positive_int("--total-updates", self.total_updates)
-        if self.time_limit is not None:
-            check_positive("--time-limit", self.time_limit)
-        check_positive("--checkpoint-every", self.checkpoint_every)
-        check_positive_int("--keep-checkpoints", self.keep_checkpoints)
-        check_positive("--progress-every", self.progress_every)
-        if self.threads is not None:
-            check_positive_int("--threads", self.threads)
-        if self.resume and self.checkpoint_dir is None:
-            raise ConfigError("--resume needs --checkpoint-dir to find the checkpoint to continue from")
+from common.storage.run_state import check_compatible
+from deploy.progress import LossTracker, ProgressPrinter, Throughput
+from deploy.settings import RunOptions
 
 
 @dataclass
@@ -62,21 +36,98 @@ class RunSummary:
     checkpoint: str | None
 
 
-def build_agent(config: ExperimentConfig, image_shape: tuple[int, int, int], seed: int) -> VAgent:
-    """The three networks, seeded so that every runtime starts from the same weights."""
-    torch.manual_seed(seed)
-    return VAgent(image_shape, config.mdp, config.network)
+@dataclass
+class ResumePoint:
+    """The checkpoint --resume continues from, checked against the run, with its learner state decoded once."""
+
+    checkpoint: Checkpoint
+    state: dict  # the learner state (weights_only-loaded): learner, x1, rng, counters
+
+    @property
+    def updates(self) -> int:
+        """Learner steps the checkpoint had taken."""
+        return int(self.checkpoint.manifest["updates"])
+
+    def counters(self, counters: Throughput) -> None:
+        """Continue the env-step and trajectory counts where the checkpoint left them."""
+        saved = self.state.get("counters", {})
+        counters.env_steps = int(saved.get("env_steps", 0))
+        counters.trajectories = int(saved.get("trajectories", 0))
+        counters.updates = self.updates
 
 
-def start_state(config: ExperimentConfig, goals: GoalSet) -> torch.Tensor:
-    """x_1 [C, H, W] for this config and training set."""
-    mean = goals.mean_image() if config.mdp.initial_state == "data_mean" else None
-    return initial_state(config.mdp, goals.image_shape, mean)
+def load_resume(options: RunOptions, config: ExperimentConfig, goals: GoalSet, num_shards: int,
+                shards_hint: str = "") -> ResumePoint | None:
+    """The checkpoint to resume from (None without --resume), refused in one line unless it fits this run's
+    settings, data and shard count, before any process or Ray starts."""
+    if not options.resume:
+        return None
+    checkpoint = load_checkpoint(options.checkpoint_dir)
+    check_compatible(checkpoint.manifest, config, goals)
+    held = len(checkpoint.replay_shards)
+    if held != num_shards:
+        raise CheckpointError(f"{checkpoint.path} holds {held} replay shards; resume with --num-replay-shards "
+                              f"{held}{shards_hint}")
+    point = ResumePoint(checkpoint, checkpoint.learner_state())
+    print(f"resuming from {checkpoint.path} at update {point.updates}", flush=True)
+    return point
 
 
-def trajectory_spec(config: ExperimentConfig, goals: GoalSet) -> TrajectorySpec:
-    """What replay accepts from actors in this run."""
-    return TrajectorySpec(goals.image_shape, config.mdp.horizon, config.mdp.num_proposals, len(goals))
+class Runtime(Protocol):
+    """What the run loop needs of a runtime."""
+
+    counters: Throughput
+    losses: LossTracker
+
+    def advance(self) -> int:
+        """One unit of training; returns the learner's total step count."""
+
+    def status(self) -> str:
+        """Extra text for progress lines ('' for none)."""
+
+    def evaluations(self) -> list[str]:
+        """Progress-line texts of evaluations finished (or run) since the last call."""
+
+    def save(self) -> str | None:
+        """A periodic checkpoint now; its path, or None when none was written."""
+
+    def finish(self) -> str | None:
+        """Stop acting, write the final checkpoint, release every process; the checkpoint's path."""
+
+
+def stop_reason(steps: int, options: RunOptions, stop: StopSignal, started: float) -> str | None:
+    """Why the run must stop now (total-updates, a signal's name, time-limit), or None to go on."""
+    if steps >= options.total_updates:
+        return "total-updates"
+    if stop:
+        return stop.received
+    if options.time_limit and time.monotonic() - started >= options.time_limit:
+        return "time-limit"
+    return None
+
+
+def run_loop(runtime: Runtime, options: RunOptions) -> RunSummary:
+    """Train until --total-updates, --time-limit or SIGINT/SIGTERM; every exit path leaves a final checkpoint."""
+    started = time.monotonic()
+    progress = ProgressPrinter(options.total_updates, options.progress_every)
+    next_save = started + options.checkpoint_every
+    with StopSignal() as stop:
+        while True:
+            steps = runtime.advance()
+            reason = stop_reason(steps, options, stop, started)
+            if reason:
+                break
+            progress.maybe_print(runtime.counters, runtime.losses, runtime.status())
+            for text in runtime.evaluations():
+                progress.print(runtime.counters, runtime.losses, text)
+            if time.monotonic() >= next_save:
+                runtime.save()
+                next_save = time.monotonic() + options.checkpoint_every
+        status = runtime.status()
+        progress.print(runtime.counters, runtime.losses, f"{status + ' | ' if status else ''}stopped by {reason}")
+        path = runtime.finish()
+    return RunSummary(steps, runtime.counters.env_steps, runtime.counters.trajectories, time.monotonic() - started,
+                      dict(runtime.losses.values), reason, path)
 
 
 class StopSignal:

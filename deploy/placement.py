@@ -17,14 +17,15 @@ import ray
 
 from common.method.config import check_non_negative, check_positive, check_positive_int
 from common.errors import ConfigError
+from deploy.settings import RaySettings
 from actors.names import NAMESPACE
+from buffers.shard import SHARD_CPUS
 
 # A local Ray may hold at most this many logical CPUs per core. Rollout actors spend much of their time
 # waiting for weights and for replay to accept their trajectories, so a few processes per core still make
 # progress (the 2-core test machine runs 2 actors, a learner and shards); past 4x each process gets under a
 # quarter of a core, and the memory of that many torch processes runs out before the run does anything useful.
 OVERSUBSCRIPTION = 4
-SHARD_CPUS = 0.25  # what buffers/shard.py's ReplayShard asks of Ray
 
 
 def _ray_temp_dir() -> Path:
@@ -88,19 +89,20 @@ def connect(address: str | None, wanted_cpus: float) -> bool:
     return True
 
 
-def resolve_placement(args, cluster: dict) -> Placement:
-    """Fill defaults from the cluster: actors fill the CPUs left, the learner takes a GPU if any.
+def resolve_placement(settings: RaySettings, cluster: dict, evaluating: bool = False) -> Placement:
+    """Fill defaults from the cluster: actors fill the CPUs left, the learner takes a GPU if any; the evaluation
+    actor (when `evaluating`, i.e. --eval-every > 0) asks what --eval-cpus and --eval-gpus say.
 
     Nothing here is refused for being larger than the cluster: a local Ray is checked by
     check_local_placement, and a real cluster may still grow (report_cluster_shortfall).
     """
-    learner_gpus = args.learner_gpus if args.learner_gpus is not None else (1.0 if cluster.get("GPU", 0) >= 1 else 0.0)
-    evaluating = getattr(args, "eval_every", 0) > 0
-    eval_cpus = getattr(args, "eval_cpus", 0.0) if evaluating else 0.0
-    actors = args.num_actors if args.num_actors is not None else max(
-        1, int(cluster.get("CPU", 1) - args.learner_cpus - SHARD_CPUS * args.num_replay_shards - eval_cpus))
-    return Placement(actors, args.num_replay_shards, args.actor_cpus, args.actor_gpus, args.learner_cpus, learner_gpus,
-                     eval_cpus, getattr(args, "eval_gpus", 0.0) if evaluating else 0.0)
+    s = settings
+    learner_gpus = s.learner_gpus if s.learner_gpus is not None else (1.0 if cluster.get("GPU", 0) >= 1 else 0.0)
+    eval_cpus, eval_gpus = (s.eval_cpus, s.eval_gpus) if evaluating else (0.0, 0.0)
+    actors = s.num_actors if s.num_actors is not None else max(
+        1, int(cluster.get("CPU", 1) - s.learner_cpus - SHARD_CPUS * s.num_replay_shards - eval_cpus))
+    return Placement(actors, s.num_replay_shards, s.actor_cpus, s.actor_gpus, s.learner_cpus, learner_gpus,
+                     eval_cpus, eval_gpus)
 
 
 def _amount(value: float, unit: str) -> str:

@@ -1,29 +1,29 @@
-"""The single-process reference trainer: Algorithms 1 and 2 with the three replay memories in one process.
+"""The single-process runtime: Algorithms 1 and 2 with the three replay memories in one process.
 
 It is the correctness reference and the baseline the Ray runtime is measured against, so it is the
 honest loop: batched rollouts of many goals at once, the samples-per-insert limiter deciding when to
-act and when to learn, and the same Learner, RolloutWorker and ReplayTables the Ray runtime wraps.
+act and when to learn, and the same Learner, RolloutWorker and ReplayTables (made by the same Builder)
+that the Ray runtime wraps. deploy/loop.py's run loop drives it.
 """
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from actors.worker import RolloutWorker
 from buffers.replay_files import read_shard, write_shard
-from buffers.tables import ReplayTables
-from common.storage.checkpoint import encode_learner_state, load_checkpoint, save_checkpoint
-from common.method.config import ExperimentConfig
-from common.storage.data import GoalSet
 from common.device import resolve_device
 from common.errors import CheckpointError
-from deploy.progress import LossTracker, ProgressPrinter, Throughput
-from deploy.loop import RunOptions, RunSummary, StopSignal, build_agent, start_state, trajectory_spec
-from common.storage.run_state import checkpoint_meta, check_compatible, rng_state, set_rng_state
+from common.method.config import ExperimentConfig
+from common.storage.checkpoint import encode_learner_state, save_checkpoint
+from common.storage.data import GoalSet
+from common.storage.run_state import checkpoint_meta, rng_state, set_rng_state
+from deploy.loop import ResumePoint, RunSummary, load_resume, run_loop
+from deploy.progress import LossTracker, Throughput
+from deploy.settings import RunOptions
 from evaluation.periodic import TrainingEvaluation, describe
-from learner.learning import Learner
+from learner.builder import Builder
+
+SHARDS_HINT = " on --runtime ray (the single-process runtime holds exactly 1)"
 
 
 class SingleProcessTrainer:
@@ -33,21 +33,19 @@ class SingleProcessTrainer:
                  evaluation: TrainingEvaluation | None = None):
         self.config, self.goals, self.options, self.preset_name = config, goals, options, preset_name
         self.evaluation = evaluation
+        resume = load_resume(options, config, goals, 1, SHARDS_HINT)
         self.device = resolve_device(options.device)
         if options.threads:
             torch.set_num_threads(options.threads)
-        x1 = start_state(config, goals)
-        agent = build_agent(config, goals.image_shape, options.seed)
-        self.learner = Learner(agent, config.mdp, config.learning, goals.images, x1, self.device)
-        self.worker = RolloutWorker(self.learner.agent, config.mdp, config.acting, self.learner.goal_images,
-                                    x1, self.device, options.seed + 1)
-        insert_size = config.acting.goals_per_rollout * config.mdp.horizon
-        self.replay = ReplayTables(config.replay, trajectory_spec(config, goals), config.learning.q_batch,
-                                   insert_size, seed=options.seed + 2)
-        self.counters = Throughput()
-        self.losses = LossTracker()
-        if options.resume:
-            self.resume()
+        builder = Builder.for_goals(config, goals)
+        x1 = builder.start_state(goals)
+        self.learner = builder.make_learner(builder.make_agent(options.seed), goals.images, x1, self.device)
+        self.worker = builder.make_rollout_worker(self.learner.agent, self.learner.goal_images, x1, self.device,
+                                                  options.seed + 1)
+        self.replay = builder.make_replay_tables(options.seed + 2)
+        self.counters, self.losses = Throughput(), LossTracker()
+        if resume is not None:
+            self.resume(resume)
 
     def act(self) -> None:
         """Algorithm 1 for one batch of goals, into the three memories."""
@@ -65,37 +63,25 @@ class SingleProcessTrainer:
         self.counters.updates = self.learner.counts.steps
         return True
 
+    def advance(self) -> int:
+        """One turn of the run loop: learn if the limiter allows it, else act; the learner's step count."""
+        if not self.learn():
+            self.act()
+        return self.learner.counts.steps
+
     def run(self) -> RunSummary:
         """Train until --total-updates, --time-limit or a signal; always leaves a checkpoint behind."""
-        opts = self.options
-        started = time.monotonic()
-        progress = ProgressPrinter(opts.total_updates, opts.progress_every)
-        next_save = started + opts.checkpoint_every
-        with StopSignal() as stop:
-            reason = "total-updates"
-            while self.learner.counts.steps < opts.total_updates:
-                if stop or (opts.time_limit and time.monotonic() - started >= opts.time_limit):
-                    reason = stop.received or "time-limit"
-                    break
-                if not self.learn():
-                    self.act()
-                progress.maybe_print(self.counters, self.losses)
-                self.maybe_evaluate(progress)
-                if time.monotonic() >= next_save:
-                    self.save()
-                    next_save = time.monotonic() + opts.checkpoint_every
-            progress.print(self.counters, self.losses, f"stopped by {reason}")
-            path = self.save()
-        return RunSummary(self.learner.counts.steps, self.counters.env_steps, self.counters.trajectories,
-                          time.monotonic() - started, dict(self.losses.values), reason, path)
+        return run_loop(self, self.options)
 
-    def maybe_evaluate(self, progress: ProgressPrinter) -> dict | None:
-        """The periodic evaluation of the current agent, when due; its figures go on a progress line."""
+    def status(self) -> str:
+        """Nothing beyond the counters and losses: one process has no actors or shards to report."""
+        return ""
+
+    def evaluations(self) -> list[str]:
+        """The periodic evaluation of the current agent, when due (learning waits: it is one process)."""
         if self.evaluation is None or not self.evaluation.due():
-            return None
-        result = self.evaluation.run(self.learner.agent, self.learner.x1, self.learner.counts.steps)
-        progress.print(self.counters, self.losses, describe(result))
-        return result
+            return []
+        return [describe(self.evaluation.run(self.learner.agent, self.learner.x1, self.learner.counts.steps))]
 
     def state(self) -> dict:
         """Learner, x_1, counters and every random stream: what `save` writes beside the replay."""
@@ -112,23 +98,19 @@ class SingleProcessTrainer:
                                lambda staging: write_shard(self.replay, staging, 0), meta, self.options.keep_checkpoints)
         return str(path)
 
-    def resume(self) -> None:
-        """Continue from the newest complete checkpoint in --checkpoint-dir."""
-        checkpoint = load_checkpoint(self.options.checkpoint_dir)
-        check_compatible(checkpoint.manifest, self.config, self.goals)
-        if len(checkpoint.replay_shards) != 1:
-            raise CheckpointError(f"{checkpoint.path} holds {len(checkpoint.replay_shards)} replay shards; "
-                                  "the single-process runtime resumes from exactly 1")
-        state = checkpoint.learner_state()
+    def finish(self) -> str | None:
+        """The final checkpoint (one process: nothing else to release)."""
+        return self.save()
+
+    def resume(self, point: ResumePoint) -> None:
+        """Continue from a checked checkpoint: learner, counters, random streams and replay."""
+        state, path = point.state, point.checkpoint.path
         try:
             self.learner.load_state_dict(state["learner"])
-            self.counters.env_steps = int(state["counters"]["env_steps"])
-            self.counters.trajectories = int(state["counters"]["trajectories"])
             if "worker" in state["rng"]:  # a Ray checkpoint has none: its actors' streams stay in their processes
                 self.worker.set_rng_state(state["rng"]["worker"])
             set_rng_state(state["rng"]["torch"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"{checkpoint.path} does not fit this model: {exc}".splitlines()[0]) from exc
-        read_shard(self.replay, checkpoint.path, 0, checkpoint.replay_shards[0])
-        self.counters.updates = self.learner.counts.steps
-        print(f"resumed from {checkpoint.path} at update {self.learner.counts.steps}", flush=True)
+            raise CheckpointError(f"{path} does not fit this model: {exc}".splitlines()[0]) from exc
+        point.counters(self.counters)
+        read_shard(self.replay, path, 0, point.checkpoint.replay_shards[0])

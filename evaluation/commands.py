@@ -17,11 +17,11 @@ from common.storage.data import DATASETS, GoalSet
 from common.method.pixels import to_uint8
 from common.device import DEVICE_CHOICES, resolve_device
 from common.errors import ConfigError, OneLineParser
-from evaluation.evaluation import (ENCODERS, MSE_SCALE, LoadedModel, bits_per_image, decode, encoder_of, load_codes,
-                               load_image_file, load_model, load_split, mean_squared_error, reconstruct, sample,
-                               save_codes, write_json)
 from evaluation.fid import PROTOCOL, FidScorer, ReferenceCache, default_cache_dir, load_inception, reference_stats
 from evaluation.figures import reconstructions_figure, samples_figure, trajectories_figure
+from evaluation.files import bits_per_image, load_codes, load_image_file, save_codes, write_json
+from evaluation.inference import ENCODERS, MSE_SCALE, decode, encoder_of, mean_squared_error, reconstruct, sample
+from evaluation.model import LoadedModel, load_model, load_split
 
 COMMANDS = ("evaluate", "sample", "encode", "decode")
 

@@ -271,3 +271,12 @@ def reference_stats(scorer: FidScorer, goals: GoalSet, count: int | None = None,
         if cache is not None:
             cache.save(subset, key, stats)
     return stats
+
+
+def training_scorer(train_goals: GoalSet, count: int | None = None, inception: str | Path | None = None,
+                    cache_dir: str | Path | None = None, device="cpu", batch_size: int = 50) -> FidScorer:
+    """A FidScorer holding the training set's reference statistics, so the sample FID of the evaluation during
+    training (evaluation/periodic.py) and of the quality benchmark compare against the data the model saw."""
+    scorer = FidScorer(load_inception(inception, device), batch_size)
+    scorer.reference = reference_stats(scorer, train_goals, count, ReferenceCache(cache_dir))
+    return scorer

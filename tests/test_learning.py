@@ -19,9 +19,9 @@ import torch
 from common.storage.data import load_goals
 from common.method.losses import selection_cross_entropy
 from common.method.presets import small
-from evaluation.evaluation import reconstruct
+from evaluation.inference import reconstruct
 from common.method.rollout import s_agent_sample
-from deploy.loop import RunOptions
+from deploy.settings import RunOptions
 from deploy.single_process import SingleProcessTrainer
 
 TRAIN_SECONDS = 100

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from common.storage.data import load_goals
-from evaluation.evaluation import reconstruct
+from evaluation.inference import reconstruct
 from common.method.presets import small_lookahead
 from common.method.rollout import s_agent_sample
-from deploy.loop import RunOptions
+from deploy.settings import RunOptions
 from deploy.single_process import SingleProcessTrainer
 
 NUM_GOALS = 64

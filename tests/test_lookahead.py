@@ -13,7 +13,7 @@ import common.method.lookahead as lookahead_module
 from buffers.tables import SampleRequest
 from common.method.config import ActingConfig, LearningConfig, MDPConfig, NetworkConfig
 from common.errors import EvaluationError
-from evaluation.evaluation import decode, reconstruct
+from evaluation.inference import decode, reconstruct
 from common.method.lookahead import gc_agent_rollout, lookahead_rollout, proposal_fan_out
 from common.method.losses import all_action_targets
 from common.method.networks import VAgent

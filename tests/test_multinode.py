@@ -37,7 +37,7 @@ def test_actors_spread_learner_on_gpu_node_and_every_actor_gets_new_weights(clus
     _, gpu_node_id = cluster
     command = parse_train(["--preset", "tiny", "--address", "auto", "--num-actors", "4", "--num-replay-shards", "2",
                            "--metrics-port", "-1", "--total-updates", "1000000"], "test")
-    placement = resolve_placement(command.args, ray.cluster_resources())
+    placement = resolve_placement(command.ray, ray.cluster_resources())
     assert placement.learner_gpus == 1.0  # the default asks for the GPU the cluster has
     run = DistributedRun(command, load_goals("mnist", data_dir).subset(512), placement)
     try:
@@ -49,7 +49,7 @@ def test_actors_spread_learner_on_gpu_node_and_every_actor_gets_new_weights(clus
         later = {s["index"]: s for s in ray.get([a.stats.remote() for a in run.actors])}
         shards = ray.get([s.stats.remote() for s in run.shards])
     finally:
-        run.shutdown(run.counters.updates)
+        run.finish()
     nodes = {s["node"] for s in later.values()} | {s["node"] for s in shards}
     assert len(nodes) > 1, nodes
     assert run.counters.updates > start_updates

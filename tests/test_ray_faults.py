@@ -19,8 +19,8 @@ from common.storage.data import load_goals
 from common.errors import MessageError
 from common.storage.messages import TrajectoryBatch, pack_arrays
 from common.method.presets import tiny
-from deploy.loop import trajectory_spec
 from actors.names import NAMESPACE
+from learner.builder import Builder
 from deploy.ray_driver import DistributedRun, resolve_placement
 from tests.helpers import drive
 
@@ -32,9 +32,9 @@ def run(local_ray, data_dir):
     command = parse_train(["--preset", "tiny", "--num-actors", "2", "--num-replay-shards", "2", "--metrics-port",
                            "-1", "--total-updates", "1000000", "--progress-every", "1000"], "test")
     goals = load_goals("mnist", data_dir).subset(512)
-    distributed = DistributedRun(command, goals, resolve_placement(command.args, ray.cluster_resources()))
+    distributed = DistributedRun(command, goals, resolve_placement(command.ray, ray.cluster_resources()))
     yield distributed
-    distributed.shutdown(0)
+    distributed.finish()
 
 
 def sample(run, name: str, **labels) -> float:
@@ -90,8 +90,8 @@ def _batch(spec, episodes: int = 4, selection: int = 1) -> TrajectoryBatch:
 
 def test_malformed_messages_are_refused_and_the_shard_keeps_its_contents(local_ray, data_dir):
     config, goals = tiny(), load_goals("mnist", data_dir).subset(64)
-    spec = trajectory_spec(config, goals)
-    shard = ReplayShard.remote(config.replay, spec, config.learning.q_batch, 64, 1, 0, 0)
+    builder = Builder.for_goals(config, goals)
+    spec, shard = builder.trajectory_spec(), ReplayShard.remote(builder, 1, 0, 0)
     assert ray.get(shard.insert.remote(_batch(spec).to_message()))
     before_stats, before_contents = ray.get(shard.stats.remote()), ray.get(shard.fingerprint.remote())
     good = _batch(spec)

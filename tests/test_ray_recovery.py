@@ -19,7 +19,7 @@ from deploy.cli import parse_train
 from common.storage.data import load_goals
 from common.storage.messages import TrajectoryBatch
 from common.method.presets import tiny
-from deploy.loop import trajectory_spec
+from learner.builder import Builder
 from deploy.ray_driver import DistributedRun, resolve_placement
 from tests.helpers import drive
 from deploy.supervision import LearnerLost
@@ -36,7 +36,7 @@ def start_run(local_ray, data_dir, tmp_path):
         command = parse_train(["--preset", "tiny", "--num-actors", "2", "--num-replay-shards", "2", "--metrics-port",
                                "-1", "--total-updates", "1000000", "--progress-every", "1000", *extra], "test")
         goals = load_goals("mnist", data_dir).subset(512)
-        runs.append(DistributedRun(command, goals, resolve_placement(command.args, ray.cluster_resources())))
+        runs.append(DistributedRun(command, goals, resolve_placement(command.ray, ray.cluster_resources())))
         return runs[-1]
 
     yield start
@@ -51,7 +51,7 @@ def restarts(run) -> float:
 def test_a_killed_learner_restarts_from_the_newest_checkpoint_and_actors_follow(start_run, tmp_path, capsys):
     run = start_run("--checkpoint-dir", str(tmp_path / "ckpt"))
     drive(run, lambda: run.counters.updates >= 30, 180, "30 updates")
-    saved = load_checkpoint(run.save(run.counters.updates), with_replay=False).manifest["updates"]
+    saved = load_checkpoint(run.save(), with_replay=False).manifest["updates"]
     drive(run, lambda: run.counters.updates >= saved + 10, 180, "10 more updates")
     before = run.learner.last_steps
     os.kill(ray.get(run.learner.handle.stats.remote())["pid"], signal.SIGKILL)
@@ -68,7 +68,7 @@ def test_a_killed_learner_restarts_from_the_newest_checkpoint_and_actors_follow(
 def test_past_the_restart_limit_the_run_ends_naming_the_checkpoint(start_run, tmp_path):
     run = start_run("--checkpoint-dir", str(tmp_path / "ckpt"), "--max-learner-restarts", "0")
     drive(run, lambda: run.counters.updates >= 5, 180, "5 updates")
-    path = run.save(run.counters.updates)
+    path = run.save()
     os.kill(ray.get(run.learner.handle.stats.remote())["pid"], signal.SIGKILL)
     with pytest.raises(LearnerLost, match=f"resume from {path} with --resume --checkpoint-dir"):
         drive(run, lambda: False, 120, "the run to end")
@@ -86,7 +86,7 @@ def test_a_killed_learner_without_checkpoints_restarts_from_scratch(start_run, c
 def test_a_killed_shard_refills_from_its_part_of_the_newest_checkpoint(start_run, tmp_path):
     run = start_run("--checkpoint-dir", str(tmp_path / "ckpt"))
     drive(run, lambda: run.counters.updates >= 10, 180, "10 updates")
-    path = run.save(run.counters.updates)
+    path = run.save()
     saved = ray.get(run.shards[1].stats.remote())
     os.kill(saved["pid"], signal.SIGKILL)
     drive(run, lambda: _incarnation(run, 1) not in (None, saved["incarnation"]), 120, "the shard to restart")
@@ -112,8 +112,8 @@ def _episodes(spec, count: int) -> bytes:
 
 def test_a_waiting_sample_sleeps_until_an_insert_wakes_it(local_ray, data_dir):
     config, goals = tiny(), load_goals("mnist", data_dir).subset(64)
-    spec = trajectory_spec(config, goals)
-    shard = ReplayShard.remote(config.replay, spec, config.learning.q_batch, 64, 1, 0, 0)
+    builder = Builder.for_goals(config, goals)
+    spec, shard = builder.trajectory_spec(), ReplayShard.remote(builder, 1, 0, 0)
     assert ray.get(shard.sample.remote((4, 4, 4), 1.0)) is None  # empty: the limiter refuses for the whole second
     assert ray.get(shard.stats.remote())["limiter_checks"] == 1  # looked once, then slept: no polling
     waiting = shard.sample.remote((4, 4, 4), 120.0)

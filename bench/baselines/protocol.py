@@ -22,7 +22,8 @@ from bench.baselines.train import autocast
 from common.storage.data import GoalSet
 from common.method.pixels import to_uint8
 from common.device import cpu_has_native_bf16
-from evaluation.evaluation import encoder_of, load_model, reconstruct, sample
+from evaluation.inference import encoder_of, reconstruct, sample
+from evaluation.model import load_model
 from evaluation.fid import FidScorer, ReferenceCache, load_inception, reference_stats
 
 

@@ -1,0 +1,130 @@
+"""Inference with a trained agent, as section 4.2 of the paper measures it.
+
+- Reconstruction: the GC-agent's greedy rollout towards each test image (Algorithm 1 without the
+  exploration malus); MSE per pixel on images scaled to [-1, 1].
+- Samples: the S-agent alone (Algorithm 3).
+- Decoding: a reconstruction is fully described by the GC-agent's H selections; the unfolded proposal
+  network (S-prop-net_{theta,U}) turns such a code back into the image.
+
+Functions take any object with the VAgent attributes `proposal`, `selection` and `goal_q`, so tests can
+hand-build agents. Nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from common.errors import EvaluationError
+from common.method.config import BEHAVIOURS, ExperimentConfig
+from common.method.lookahead import lookahead_rollout
+from common.method.pixels import to_uint8, to_unit_range
+from common.method.rollout import greedy_reconstruction, s_agent_sample, unfold_proposals
+from evaluation.fid import Progress
+
+ENCODERS = BEHAVIOURS  # the GC-agent that turns an image into a code is one of those that act (see reconstruct)
+MSE_SCALE = "per-pixel mean squared error on images scaled to [-1, 1] (divide by 4 for the [0, 1] scale)"
+
+
+def _unit(images: torch.Tensor, device) -> torch.Tensor:
+    """uint8 or float [-1, 1] -> float32 [-1, 1] on device."""
+    images = images.to(device)
+    return to_unit_range(images) if images.dtype == torch.uint8 else images.float()
+
+
+def _batches(total: int, batch_size: int):
+    """(start, stop) of consecutive batches covering [0, total)."""
+    for start in range(0, total, batch_size):
+        yield start, min(start + batch_size, total)
+
+
+@dataclass
+class Reconstructions:
+    """The GC-agent's greedy reconstructions of a set of goals."""
+
+    mse: float  # per pixel, [-1, 1] scale
+    images: torch.Tensor  # [N, C, H, W] uint8 x_{H+1}, quantised as a saved image would be
+    codes: torch.Tensor  # [N, H] long: the selections a_1..a_H
+    finals: torch.Tensor | None = None  # [N, C, H, W] float x_{H+1}, when asked for (exact comparisons)
+
+
+@torch.inference_mode()
+def reconstruct(agent, x1: torch.Tensor, rates: torch.Tensor, goals: torch.Tensor, batch_size: int = 256,
+                progress: Progress | None = None, stage: str = "reconstruct", keep_float: bool = False,
+                encoder: str = "q", beam_width: int = 1) -> Reconstructions:
+    """GC-agent rollouts towards `goals` [N, C, H, W] (uint8 or float [-1, 1]), batch by batch.
+
+    encoder "q": the Q-network's greedy choices (Algorithm 1 without the malus, the paper's encoder);
+    "lookahead": the lookahead extension with `beam_width` (common/method/lookahead.py).
+    """
+    if encoder not in ENCODERS:
+        raise EvaluationError(f"encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
+    total, squared, images, codes, finals = goals.shape[0], 0.0, [], [], []
+    if progress:
+        progress(stage, 0, total)
+    for start, stop in _batches(total, batch_size):
+        target = _unit(goals[start:stop], x1.device)
+        if encoder == "q":
+            trajectories = greedy_reconstruction(agent, x1, target, rates, sigma=1.0)
+        else:
+            trajectories = lookahead_rollout(agent.proposal, x1, target, rates, 1.0, beam_width)
+        final = trajectories.states[:, -1]
+        squared += float((final - target).double().pow(2).sum())
+        images.append(to_uint8(final).cpu())
+        codes.append(trajectories.selections.cpu())
+        if keep_float:
+            finals.append(final.cpu())
+        if progress:
+            progress(stage, stop, total)
+    mse = squared / max(goals[:1].numel() * total, 1)
+    return Reconstructions(mse, torch.cat(images), torch.cat(codes), torch.cat(finals) if keep_float else None)
+
+
+def encoder_of(config: ExperimentConfig, override: str | None = None) -> dict:
+    """reconstruct's encoder arguments for a model: the GC-agent it acted with, unless overridden.
+
+    A model trained with the lookahead behaviour encodes with the lookahead (same beam width); one
+    trained by the paper's rule with its Q-network.
+    """
+    return {"encoder": override or config.acting.behaviour, "beam_width": config.acting.beam_width}
+
+
+@dataclass
+class Samples:
+    """S-agent samples: final states and the first few whole trajectories (for Figure 2)."""
+
+    images: torch.Tensor  # [N, C, H, W] uint8
+    codes: torch.Tensor  # [N, H] long
+    trajectories: torch.Tensor  # [k, H+1, C, H, W] float
+
+
+@torch.inference_mode()
+def sample(agent, x1: torch.Tensor, rates: torch.Tensor, count: int, batch_size: int = 256, seed: int = 0,
+           progress: Progress | None = None, keep_trajectories: int = 4) -> Samples:
+    """Algorithm 3 for `count` samples in batches, from one seeded generator (reproducible per device)."""
+    generator = torch.Generator(device=x1.device).manual_seed(seed)
+    images, codes, kept = [], [], None
+    if progress:
+        progress("sample", 0, count)
+    for start, stop in _batches(count, batch_size):
+        trajectories = s_agent_sample(agent.proposal, agent.selection, x1, stop - start, rates, generator)
+        images.append(to_uint8(trajectories.states[:, -1]).cpu())
+        codes.append(trajectories.selections.cpu())
+        kept = trajectories.states[:keep_trajectories].cpu() if kept is None else kept
+        if progress:
+            progress("sample", stop, count)
+    return Samples(torch.cat(images), torch.cat(codes), kept)
+
+
+@torch.inference_mode()
+def decode(agent, x1: torch.Tensor, rates: torch.Tensor, codes: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Codes [N, H] -> x_{H+1} [N, C, H, W] float on the CPU, through the unfolded proposal network."""
+    finals = [unfold_proposals(agent.proposal, x1, codes[start:stop].to(x1.device, torch.long), rates).cpu()
+              for start, stop in _batches(codes.shape[0], batch_size)]
+    return torch.cat(finals)
+
+
+def mean_squared_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Per-pixel MSE of two image sets on the [-1, 1] scale (uint8 inputs are converted first)."""
+    return float((_unit(a, "cpu").double() - _unit(b, "cpu").double()).pow(2).mean())

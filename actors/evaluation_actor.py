@@ -23,7 +23,7 @@ import ray
 import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from common.device import resolve_device
+from common.device import reserved_device
 from common.method.config import ExperimentConfig
 from evaluation.periodic import EvaluationRequest, evaluator_from_request
 from actors.names import NAMESPACE, PEER_FAILURES, RunNames
@@ -58,7 +58,7 @@ class EvaluationActor:
     def _run(self, request: EvaluationRequest, config: ExperimentConfig, x1: np.ndarray) -> None:
         goal_images = ray.get(ray.get(self.coordinator.goals.remote())[0])  # [N, C, H, W] uint8, read-only
         request = replace(request, test_images=ray.get(ray.get(self.coordinator.test_images.remote())[0]))
-        device = resolve_device("cuda" if request.gpus > 0 else "cpu")  # a reserved GPU torch cannot see: an error
+        device = reserved_device(request.gpus, "evaluation")
         self.evaluator = evaluator_from_request(request, config, goal_images, x1, device)
         while not self._stop.wait(POLL_SECONDS):
             if not self.evaluator.due():

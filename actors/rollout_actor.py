@@ -19,7 +19,7 @@ import ray
 import torch
 
 from actors.names import PEER_FAILURES, RunNames
-from common.device import resolve_device
+from common.device import reserved_device
 from learner.builder import Builder
 
 
@@ -29,7 +29,7 @@ class ActorSettings:
 
     max_in_flight: int = 2  # sends awaiting a shard's answer
     insert_timeout: float = 1.0  # seconds a shard may hold a send while its learner catches up
-    device: str = "cpu"
+    gpus: float = 0.0  # what Ray reserved for it: the GPU is used when this process sees CUDA
     threads: int = 1  # torch threads: one per CPU the actor reserved
     seed: int = 0
 
@@ -51,7 +51,7 @@ class RolloutActor:
         torch.set_num_threads(settings.threads)
         coordinator, shards = names.lookup()
         goal_images = ray.get(ray.get(coordinator.goals.remote())[0])  # [N, C, H, W] uint8, read-only, shared
-        device = resolve_device(settings.device)  # 'cuda' only where Ray gave it a GPU
+        device = reserved_device(settings.gpus, f"rollout actor {index}")
         self.worker = builder.make_rollout_worker(
             builder.make_agent(device=device), goal_images, torch.from_numpy(np.array(x1)), device,
             settings.seed + 7919 * index + int.from_bytes(uuid.uuid4().bytes[:2], "big"))

@@ -25,6 +25,18 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def reserved_device(gpus: float, role: str) -> torch.device:
+    """The device of a Ray process given `gpus` by Ray: resolve_device's "auto" when it holds a GPU, else the CPU.
+
+    A GPU Ray reserved is used when this process sees CUDA; where it does not (a node without a CUDA build
+    of torch, or a test cluster's declared GPU) the process runs on the CPU and says so in one line.
+    """
+    device = resolve_device("auto" if gpus > 0 else "cpu")
+    if gpus > 0 and device.type == "cpu":
+        print(f"{role}: a GPU was reserved but torch sees no CUDA device here; running on the CPU", flush=True)
+    return device
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (oneDNN's check), where bf16 autocast pays off."""
     try:

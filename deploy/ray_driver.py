@@ -134,14 +134,14 @@ class DistributedRun:
 
     def _make_learner(self, images, state: bytes | None):
         p = self.placement
-        settings = LearnerSettings(device="cuda" if p.learner_gpus > 0 else "cpu", threads=max(1, int(p.learner_cpus)),
+        settings = LearnerSettings(gpus=p.learner_gpus, threads=max(1, int(p.learner_cpus)),
                                    publish_every=self.settings.publish_every, seed=self.options.seed)
         return LearnerActor.options(num_cpus=p.learner_cpus, num_gpus=p.learner_gpus).remote(
             self.builder, images, self.x1.numpy(), self.shards, self.coordinator, settings, state)
 
     def _make_actor(self, index: int):
         p = self.placement
-        settings = ActorSettings(device="cuda" if p.actor_gpus > 0 else "cpu", threads=max(1, int(p.actor_cpus)),
+        settings = ActorSettings(gpus=p.actor_gpus, threads=max(1, int(p.actor_cpus)),
                                  seed=self.options.seed)
         return RolloutActor.options(name=self.names.rollout(index), num_cpus=p.actor_cpus, num_gpus=p.actor_gpus,
                                     scheduling_strategy="SPREAD").remote(

@@ -19,7 +19,7 @@ import torch
 
 from actors.names import PEER_FAILURES
 from buffers.tables import ReplaySample, SampleRequest
-from common.device import resolve_device
+from common.device import reserved_device
 from common.storage.checkpoint import decode_learner_state, encode_learner_state
 from common.storage.messages import pack_weights
 from learner.builder import Builder
@@ -30,7 +30,7 @@ from learner.learning import UPDATE_KINDS
 class LearnerSettings:
     """Where the learner runs and how often it republishes."""
 
-    device: str = "cpu"
+    gpus: float = 0.0  # what Ray reserved for it: the GPU is used when this process sees CUDA
     threads: int = 1
     publish_every: int = 20  # learner steps between weight versions
     requests_per_shard: int = 2  # sample requests kept in flight to each shard
@@ -79,7 +79,7 @@ class LearnerActor:
     def __init__(self, builder: Builder, goal_images: np.ndarray, x1: np.ndarray, shards: list, coordinator,
                  settings: LearnerSettings, state: bytes | None):
         torch.set_num_threads(settings.threads)
-        self.device = resolve_device(settings.device)  # 'cuda' only where Ray gave it a GPU
+        self.device = reserved_device(settings.gpus, "learner")
         self.learner = builder.make_learner(builder.make_agent(settings.seed), torch.from_numpy(np.array(goal_images)),
                                             torch.from_numpy(np.array(x1)), self.device)
         self.settings, self.coordinator, self.version = settings, coordinator, 0

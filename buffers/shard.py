@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+import warnings
 
 import ray
 
@@ -24,6 +25,14 @@ from common.storage.messages import TrajectoryBatch
 from learner.builder import Builder
 
 SHARD_CPUS = 0.25  # what a shard asks of Ray: it mostly waits on its event loop (deploy/placement.py counts it)
+
+
+def restarted_by_ray() -> bool:
+    """Whether Ray restarted this actor. Ray's property reads its own deprecated `actor_id` and would print a
+    deprecation warning into every user's log; that warning, and only it, is silenced here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
 
 @ray.remote(num_cpus=SHARD_CPUS, max_restarts=-1)
@@ -38,7 +47,7 @@ class ReplayShard:
         self.refilled_from: str | None = None
         self.limiter_checks = 0  # times a waiting insert or sample looked at the limiter: once, then once per wake-up
         self._changed: asyncio.Condition | None = None  # made on first use, inside the actor's event loop
-        if checkpoint_dir and ray.get_runtime_context().was_current_actor_reconstructed:
+        if checkpoint_dir and restarted_by_ray():
             self._refill(checkpoint_dir)
 
     def _refill(self, checkpoint_dir: str) -> None:

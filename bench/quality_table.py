@@ -20,8 +20,12 @@ MARKS = (2.5, 5.0, 10.0, 30.0)
 
 
 def load(path: Path) -> dict:
-    """A run's quality.json: the file itself, or the run folder holding it."""
-    return json.loads((path if path.is_file() else path / "quality.json").read_text())
+    """A run's quality.json: the file itself, or the run folder holding it; anything else is one line and exit 2."""
+    file = path if path.is_file() else path / "quality.json"
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        sys.exit(f"error: {file} is not a quality.json written by bench/quality.py ({type(exc).__name__})")
 
 
 def acting_encoder(report: dict) -> str:
@@ -60,6 +64,8 @@ def row(folder: Path) -> str:
 
 def main() -> None:
     """Header, then a row per folder given."""
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        sys.exit("usage: python bench/quality_table.py RUN_FOLDER_OR_quality.json ... (folders of bench/quality.py)")
     marks = " | ".join(f"{m:g} min: lookahead / Q MSE" for m in MARKS)
     print(f"| run | flags | updates/min | left the mean (min / updates) | {marks} |")
     print("|" + " --- |" * (4 + len(MARKS)))

@@ -197,7 +197,7 @@ def capacity_settings(args: argparse.Namespace, command: TrainCommand) -> Capaci
     return CapacitySettings(seconds=args.component_seconds, table_actors=tuple(int_list(args.table_actors)),
                             table_shards=tuple(int_list(args.table_shards)), num_shards=args.num_replay_shards,
                             learner_threads=args.learner_cpus, learner_device="cuda" if gpu else "cpu",
-                            publish_every=command.args.publish_every, seed=args.seed)
+                            publish_every=command.ray.publish_every, seed=args.seed)
 
 
 def bench_capacity(args: argparse.Namespace, goals: GoalSet) -> tuple:

@@ -48,7 +48,7 @@ class ResumePoint:
         """Learner steps the checkpoint had taken."""
         return int(self.checkpoint.manifest["updates"])
 
-    def counters(self, counters: Throughput) -> None:
+    def restore_counters(self, counters: Throughput) -> None:
         """Continue the env-step and trajectory counts where the checkpoint left them."""
         saved = self.state.get("counters", {})
         counters.env_steps = int(saved.get("env_steps", 0))

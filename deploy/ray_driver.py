@@ -89,7 +89,7 @@ class DistributedRun:
         port = self.settings.metrics_port
         self.metrics_port = self.metrics.serve(port) if port >= 0 else None
         if resume is not None:
-            resume.counters(self.counters)
+            resume.restore_counters(self.counters)
         self.names = RunNames(uuid.uuid4().hex[:8], placement.num_shards)
         images = ray.put(goals.images.numpy())
         self.coordinator = Coordinator.options(name=self.names.coordinator).remote([images])

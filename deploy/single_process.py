@@ -112,5 +112,5 @@ class SingleProcessTrainer:
             set_rng_state(state["rng"]["torch"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{path} does not fit this model: {exc}".splitlines()[0]) from exc
-        point.counters(self.counters)
+        point.restore_counters(self.counters)
         read_shard(self.replay, path, 0, point.checkpoint.replay_shards[0])

@@ -23,19 +23,21 @@ EVAL_COMMANDS = ("evaluate", "sample", "encode", "decode")
 
 def train(argv: list[str]) -> int:
     """Parse flags, load the goals, run the chosen runtime."""
-    from common.device import bf16_warning, resolve_device
+    from common.device import precision_line, resolve_device
+    from common.method.networks import check_image_size
     from common.storage.data import load_goals
     from deploy.cli import parse_train
 
     command = parse_train(argv, DESCRIPTION)
     print(f"preset: {command.preset_name} ({'chosen' if command.preset_chosen else 'default'}), "
           f"runtime: {command.runtime}, dataset: {command.data.dataset}", flush=True)
-    warning = bf16_warning(command.config, resolve_device(command.run.device))
-    if warning:
-        print(warning, flush=True)
+    print(precision_line(command.config, resolve_device(command.run.device))
+          + ("" if command.runtime == "single-process" else " (Ray actors resolve auto on their own devices)"),
+          flush=True)
     goals = load_goals(command.data.dataset, command.data.data_dir, "train", command.data.download)
     if command.data.num_goals:
         goals = goals.subset(command.data.num_goals)
+    check_image_size(tuple(goals.image_shape), len(command.config.network.proposal_widths))  # before Ray starts
     evaluation = training_evaluation(command, goals)
     if command.runtime == "single-process":
         from deploy.single_process import SingleProcessTrainer

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from common.device import resolve_bf16
 from common.method.config import ActingConfig, MDPConfig
 from common.method.mdp import step_rates
 from common.storage.messages import TrajectoryBatch
@@ -29,6 +30,7 @@ class RolloutWorker:
         self.x1 = x1.to(device)
         self.rates = step_rates(mdp, device)
         self.rng = np.random.default_rng(seed)
+        self.bf16 = resolve_bf16(acting.bf16, device)  # "auto": on where this device computes bf16 natively
         self.weight_version = 0
 
     def draw_goals(self, count: int | None = None) -> np.ndarray:
@@ -43,7 +45,7 @@ class RolloutWorker:
         goals = to_unit_range(torch.as_tensor(self.goal_images[indices]).to(self.device))  # numpy or torch images
         was_training = self.agent.training
         self.agent.eval()
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.acting.bf16):
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
             episodes = gc_agent_rollout(self.agent, self.x1, goals, self.rates, self.mdp, self.acting)
         self.agent.train(was_training)
         return TrajectoryBatch(

@@ -5,23 +5,22 @@
     python bench/quality.py --minutes 10 --runtime ray -- --set acting.behaviour=q
 
 Trains on the whole training set with either runtime for --minutes of training (the time spent here
-measuring is not counted) and every --every minutes records, on 1,000 fixed test images: the
-reconstruction MSE (per pixel, [-1, 1]) of each encoder (the Q-agent's greedy choice, the lookahead),
-beside the mean-image baseline; how many distinct codes each gives; the S-agent's cross-entropy on the
-acting encoder's choices along its test trajectories; a grid of 64 S-agent samples. At --fid-minutes and
-at the end it computes the sample FID of --fid-samples S-agent samples against the training set, beside
-the same-N floor (that many test images against the same reference). Writes quality.json, curve.png and
-sample grids into --output and prints a table. Asserts nothing. Flags after `--` go to launch.py's
-training flags (--preset, --set, --threads, ...).
+measuring is not counted) and every --every minutes records, on 1,000 fixed test images
+(bench/quality_probe.py): the reconstruction MSE (per pixel, [-1, 1]) of each encoder beside the mean-image
+baseline; how many distinct codes each gives; the S-agent's cross-entropy on the acting encoder's choices,
+in all and per step; a grid of 64 S-agent samples; how long the reading took. At --fid-minutes and at the
+end it scores --fid-samples S-agent samples against the training set (sample FID) and the acting encoder's
+reconstructions of the test images against the test set (reconstruction FID), each beside its same-N floor,
+and saves the scored images as uint8 .npy. Writes quality.json after every reading (a run that dies later
+keeps its readings), curve.png, sample grids, and the final checkpoint (<output>/checkpoint, readable by
+`launch.py evaluate`). Everything FID needs is checked before training. Asserts nothing. Flags after `--` go
+to launch.py's training flags (--preset, --set, --threads, ...).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -33,12 +32,15 @@ if str(REPO_ROOT) not in sys.path:  # runnable from a checkout that is not pip-i
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from deploy.cli import parse_train  # noqa: E402
+from bench.quality_probe import QualityProbe, format_reading, header  # noqa: E402
+from common.device import resolve_bf16  # noqa: E402
+from common.errors import UserError  # noqa: E402
+from common.method.mdp import step_rates  # noqa: E402
 from common.storage.data import load_goals  # noqa: E402
-from evaluation.inference import ENCODERS, encoder_of, reconstruct, sample  # noqa: E402
-from evaluation.figures import line_chart, reconstructions_figure, samples_figure  # noqa: E402
-from common.method.losses import selection_cross_entropy  # noqa: E402
-from common.method.mdp import step_rates, transition  # noqa: E402
+from deploy.cli import parse_train  # noqa: E402
+from evaluation.figures import line_chart  # noqa: E402
+from evaluation.files import write_json  # noqa: E402
+from evaluation.inference import ENCODERS, sample  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -63,98 +65,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-class QualityProbe:
-    """The run's periodic evaluation hook (due/run, like TrainingEvaluation) that measures quality.
-
-    Keeps a training clock that excludes its own time, stops the run (SIGINT to this process, which
-    both runtimes turn into a clean stop) once --minutes of training have passed, and keeps a copy of
-    the agent at each FID time, so FID is computed after training.
-    """
-
-    def __init__(self, args, config, test_pixels: torch.Tensor, baseline: float, output: Path):
-        self.args, self.config, self.test, self.baseline, self.output = args, config, test_pixels, baseline, output
-        self.device = torch.device("cpu")
-        self.readings, self.snapshots = [], []  # snapshots: (minutes, updates, agent copy) for FID
-        self.fid_due = sorted(m for m in args.fid_minutes if m < args.minutes)
-        self.started, self.measuring, self.done = None, 0.0, False
-        self.marks = reading_marks(args.every, args.minutes)  # training minutes of the readings, untrained first
-
-    def training_minutes(self) -> float:
-        """Minutes since the first call, less the time spent measuring."""
-        if self.started is None:
-            self.started = time.monotonic()
-        return (time.monotonic() - self.started - self.measuring) / 60.0
-
-    def due(self) -> bool:
-        """A reading is due at each mark (see reading_marks)."""
-        return not self.done and bool(self.marks) and self.training_minutes() >= self.marks[0]
-
-    @torch.no_grad()
-    def run(self, agent, x1: torch.Tensor, updates: int) -> dict:
-        """One reading; the last one also stops the run."""
-        began, minutes = time.monotonic(), self.training_minutes()
-        agent.eval()
-        reading = {"minutes": round(minutes, 2), "updates": int(updates), **self.measure(agent, x1, updates)}
-        agent.train()
-        self.readings.append(reading)
-        print(format_reading(reading, self.baseline), flush=True)
-        if self.fid_due and minutes >= self.fid_due[0] or minutes >= self.args.minutes:
-            self.snapshots.append((round(minutes, 2), int(updates), copy.deepcopy(agent).cpu().eval()))
-            self.fid_due = self.fid_due[1:] if self.fid_due and minutes >= self.fid_due[0] else self.fid_due
-        self.marks = [m for m in self.marks if m > minutes]
-        if minutes >= self.args.minutes:
-            self.done = True
-            os.kill(os.getpid(), signal.SIGINT)  # both runtimes: finish the step, checkpoint, return
-        self.measuring += time.monotonic() - began
-        return {"reconstruction_mse": reading["mse"][self.config.acting.behaviour], "sample_fid": None}
-
-    def measure(self, agent, x1: torch.Tensor, updates: int) -> dict:
-        """MSE and distinct codes per encoder, the S-agent's cross-entropy, a sample grid."""
-        rates = step_rates(self.config.mdp, x1.device)
-        mse, distinct, recons = {}, {}, {}
-        for encoder in ENCODERS:
-            settings = encoder_of(self.config, encoder)
-            recons[encoder] = reconstruct(agent, x1, rates, self.test, 250, **settings)
-            mse[encoder] = recons[encoder].mse
-            distinct[encoder] = len({tuple(c) for c in recons[encoder].codes.tolist()})
-        acting = recons[self.config.acting.behaviour]
-        cross_entropy = s_agent_cross_entropy(agent, x1, rates, acting.codes)
-        samples = sample(agent, x1, rates, 64, seed=self.args.seed, keep_trajectories=0)
-        samples_figure(samples.images, self.output / f"samples-{updates:06d}.png", limit=64)
-        reconstructions_figure(self.test[:32], acting.images, self.output / "reconstructions-latest.png", limit=32)
-        return {"mse": mse, "distinct_codes": distinct, "s_agent_cross_entropy": cross_entropy}
-
-
-def reading_marks(every: float, minutes: float) -> list[float]:
-    """0 (untrained), 0.5 and 1 minute (to time leaving the mean), then every `every` minutes, and the end."""
-    marks = {0.0, 0.5, 1.0, minutes} | {round(k * every, 6) for k in range(1, int(minutes / every) + 1)}
-    return sorted(m for m in marks if m <= minutes)
-
-
-def s_agent_cross_entropy(agent, x1: torch.Tensor, rates: torch.Tensor, codes: torch.Tensor) -> float:
-    """-log S-select(a_h | x_h, h) averaged over the steps of the encoder's trajectories (codes [N, H])."""
-    total = 0.0
-    state = x1.unsqueeze(0).expand(codes.shape[0], *x1.shape)
-    for h in range(codes.shape[1]):
-        step = torch.full((codes.shape[0],), h, dtype=torch.long)
-        total += float(selection_cross_entropy(agent.selection(state, step), codes[:, h]))
-        state = transition(state, agent.proposal(state, step, codes[:, h]), rates[h])
-    return total / codes.shape[1]
-
-
-def format_reading(r: dict, baseline: float) -> str:
-    """One table row: minutes, updates, MSE and distinct codes per encoder, cross-entropy."""
-    cells = "".join(f" {r['mse'][e]:>9.4f} {r['mse'][e] / baseline:>6.2f}x {r['distinct_codes'][e]:>6d}"
-                    for e in ENCODERS)
-    return f"{r['minutes']:>7.1f} {r['updates']:>8d}{cells} {r['s_agent_cross_entropy']:>8.3f}"
-
-
-def header() -> str:
-    """Column names of format_reading."""
-    cells = "".join(f" {e + ' MSE':>9} {'/base':>7} {'codes':>6}" for e in ENCODERS)
-    return f"{'minutes':>7} {'updates':>8}{cells} {'S-CE':>8}"
-
-
 def train(args, command, goals, probe: QualityProbe):
     """Run the chosen runtime with the probe as its periodic evaluation; no time limit but the probe's."""
     if args.runtime == "single-process":
@@ -166,23 +76,33 @@ def train(args, command, goals, probe: QualityProbe):
     return run_distributed(command, goals, probe)
 
 
-def fid_results(args, goals, test_goals, snapshots, x1: torch.Tensor, config) -> list[dict]:
-    """Sample FID of each snapshot against the training reference, and the same-N floor."""
+def fid_results(args, goals, test_goals, snapshots: list[dict], x1: torch.Tensor, config) -> list[dict]:
+    """Sample FID and reconstruction FID of each snapshot, beside their same-N floors (bench/baselines/protocol.py:
+    the Table 1 protocol); the scored images are saved as uint8 .npy for any outside FID tool."""
     if args.fid_samples <= 0 or not snapshots:
         return []
-    from evaluation.fid import ReferenceCache, reference_stats, training_scorer
+    from bench.baselines.protocol import build_protocol
 
-    scorer = training_scorer(goals, args.fid_reference)
-    floor = scorer.distance(scorer.reference, reference_stats(scorer, test_goals, args.fid_samples, ReferenceCache()))
-    rates = step_rates(config.mdp)
-    results = []
-    for minutes, updates, agent in snapshots:
-        samples = sample(agent, x1.cpu(), rates, args.fid_samples, seed=args.seed, keep_trajectories=0)
-        fid = scorer.score(samples.images)
-        results.append({"minutes": minutes, "updates": updates, "sample_fid": fid, "floor": floor,
-                        "ratio": fid / floor})
-        print(f"FID@{args.fid_samples} at {minutes:.1f} min ({updates} updates): {fid:.2f}; same-N floor "
-              f"{floor:.2f}; ratio {fid / floor:.2f}", flush=True)
+    protocol = build_protocol(goals, test_goals, args.num_test, args.fid_reference, args.fid_samples)
+    rates, results = step_rates(config.mdp), []
+    for snap in snapshots:
+        began = time.monotonic()
+        samples = sample(snap["agent"], x1.cpu(), rates, args.fid_samples, seed=args.seed, keep_trajectories=0,
+                         bf16=protocol.bf16).images
+        tag = f"{snap['updates']:06d}"
+        np.save(args.output / f"fid-samples-{tag}.npy", samples.numpy())
+        np.save(args.output / f"fid-reconstructions-{tag}.npy", snap["reconstructions"].numpy())
+        result = {"minutes": snap["minutes"], "updates": snap["updates"],
+                  "sample_fid": protocol.scorer.score(samples, protocol.train_reference, "sample FID"),
+                  "recon_fid": protocol.scorer.score(snap["reconstructions"], protocol.test_reference, "recon FID"),
+                  "floor": protocol.floors["samples"], "recon_floor": protocol.floors["reconstruction"],
+                  "seconds": round(time.monotonic() - began, 1)}
+        result.update(ratio=result["sample_fid"] / result["floor"], recon_ratio=result["recon_fid"] / result["recon_floor"])
+        results.append(result)
+        print(f"FID@{args.fid_samples} at {snap['minutes']:.1f} min ({snap['updates']} updates): samples "
+              f"{result['sample_fid']:.2f} (floor {result['floor']:.2f}, {result['ratio']:.2f}x), reconstructions "
+              f"{result['recon_fid']:.2f} (floor {result['recon_floor']:.2f}, {result['recon_ratio']:.2f}x); "
+              f"{result['seconds']:.0f}s", flush=True)
     return results
 
 
@@ -197,37 +117,65 @@ def draw_curves(readings: list[dict], fids: list[dict], baseline: float, path: P
     panels = [("reconstruction MSE vs minutes", [r["minutes"] for r in readings], series),
               ("reconstruction MSE vs updates", [r["updates"] for r in readings], series)]
     if fids:
-        panels.append(("sample FID / same-N floor vs minutes", [f["minutes"] for f in fids],
-                       {"FID ratio": [f["ratio"] for f in fids]}))
+        panels.append(("FID / same-N floor vs minutes", [f["minutes"] for f in fids],
+                       {"sample FID ratio": [f["ratio"] for f in fids],
+                        "reconstruction FID ratio": [f["recon_ratio"] for f in fids]}))
     line_chart(panels, path)
 
 
-def main(argv=None) -> None:
-    """Train, read, score, draw, print."""
-    args = parse_args(argv)
+def training_command(args):
+    """The training flags of the benchmarked run: unbounded updates (the probe stops it), no evaluation of its own,
+    and a checkpoint folder in the output unless the flags name one."""
     flags = ["--runtime", args.runtime, "--dataset", args.dataset, "--data-dir", str(args.data_dir),
              "--total-updates", str(10**12), "--progress-every", "120", "--eval-every", "0",
-             "--seed", str(args.seed), *args.training]
-    command = parse_train(flags, "quality benchmark")
-    goals, test_goals = load_goals(args.dataset, args.data_dir), load_goals(args.dataset, args.data_dir, "test")
+             "--seed", str(args.seed), "--checkpoint-every", str(10**9), *args.training]
+    if "--checkpoint-dir" not in args.training:
+        flags += ["--checkpoint-dir", str(args.output / "checkpoint")]
+    return parse_train(flags, "quality benchmark")
+
+
+def main(argv=None) -> int:
+    """Check, train, read, score, draw, print; the report is rewritten after every reading."""
+    args = parse_args(argv)
+    try:
+        if args.fid_samples > 0:
+            from evaluation.fid import check_fid_dependencies
+
+            check_fid_dependencies()
+        command = training_command(args)
+        goals, test_goals = load_goals(args.dataset, args.data_dir), load_goals(args.dataset, args.data_dir, "test")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     test = test_goals.goals(np.arange(min(args.num_test, len(test_goals))))
     baseline = float((test - goals.mean_image()).pow(2).mean())
     args.output.mkdir(parents=True, exist_ok=True)
-    print(f"preset {command.preset_name}, runtime {args.runtime}, {len(goals)} goals, {test.shape[0]} test images, "
-          f"torch threads {torch.get_num_threads()}; mean-image baseline MSE {baseline:.4f}", flush=True)
-    print(f"settings: {json.dumps(command.config.to_dict())}", flush=True)
-    print(header(), flush=True)
-    probe = QualityProbe(args, command.config, test, baseline, args.output)
-    summary = train(args, command, goals, probe)
-    x1 = torch.zeros(goals.image_shape) if command.config.mdp.initial_state == "zeros" else goals.mean_image()
-    fids = fid_results(args, goals, test_goals, probe.snapshots, x1, command.config)
-    draw_curves(probe.readings, fids, baseline, args.output / "curve.png")
     report = {"preset": command.preset_name, "runtime": args.runtime, "training_flags": args.training,
               "config": command.config.to_dict(), "minutes": args.minutes, "baseline_mse": baseline,
-              "updates": summary.updates, "env_steps": summary.env_steps, "readings": probe.readings, "fid": fids}
-    (args.output / "quality.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}/quality.json, curve.png and sample grids", flush=True)
+              "acting_bf16": resolve_bf16(command.config.acting.bf16, torch.device("cpu")),
+              "cpu": torch.backends.cpu.get_cpu_capability(), "readings": [], "fid": []}
+    print(f"preset {command.preset_name}, runtime {args.runtime}, {len(goals)} goals, {test.shape[0]} test images, "
+          f"torch threads {torch.get_num_threads()}, CPU {report['cpu']}, readings in "
+          f"{'bf16' if report['acting_bf16'] else 'float32'}; mean-image baseline MSE {baseline:.4f}", flush=True)
+    print(f"settings: {json.dumps(command.config.to_dict())}", flush=True)
+    print(header(), flush=True)
+
+    def on_reading(readings):
+        print(format_reading(readings[-1], baseline), flush=True)
+        write_json(args.output / "quality.json", report)
+
+    probe = QualityProbe(args, command.config, test, baseline, args.output, on_reading)
+    report["readings"] = probe.readings  # the same list: each reading lands in the report as it is taken
+    summary = train(args, command, goals, probe)
+    report.update(updates=summary.updates, env_steps=summary.env_steps, checkpoint=summary.checkpoint)
+    write_json(args.output / "quality.json", report)
+    x1 = torch.zeros(goals.image_shape) if command.config.mdp.initial_state == "zeros" else goals.mean_image()
+    report["fid"] = fid_results(args, goals, test_goals, probe.snapshots, x1, command.config)
+    write_json(args.output / "quality.json", report)
+    draw_curves(probe.readings, report["fid"], baseline, args.output / "curve.png")
+    print(f"wrote {args.output}/quality.json, curve.png, sample grids and {summary.checkpoint}", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

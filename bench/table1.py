@@ -24,10 +24,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # runnable from a checkout that is not pip-installed
     sys.path.insert(0, str(REPO_ROOT))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from common.storage.data import DATASETS, load_goals  # noqa: E402
 from common.errors import UserError  # noqa: E402
+from evaluation.fid import check_fid_dependencies  # noqa: E402
+from evaluation.files import write_json  # noqa: E402
 
 MODELS = ("gcrl", "vae", "ddpm")
 PAPER = {  # Table 1 of the paper: (reconstruction MSE, reconstruction FID, sample FID); None where it has none
@@ -107,23 +110,33 @@ def train_all(args) -> None:
             raise SystemExit(f"error: training {model} failed (command above); nothing measured")
 
 
-def measure(args) -> tuple[list[dict], dict, dict]:
-    """(rows, floors, 64 samples per row) under one protocol."""
+def measure(args, on_row=lambda rows, floors: None) -> tuple[list[dict], dict, dict]:
+    """(rows, floors, 64 samples per row) under one protocol; `on_row` sees the rows so far after each one, and
+    each row's scored samples and reconstructions go to <output>/<row>-samples.npy (-reconstructions.npy)."""
     from bench.baselines import protocol as pr
 
     train, test = load_goals(args.dataset, args.data_dir), load_goals(args.dataset, args.data_dir, "test")
     proto = pr.build_protocol(train, test, args.num_test, args.fid_reference, args.fid_samples, args.batch_size)
+    floors = {**proto.floors, "mean_image_mse": pr.mean_image_mse(train, proto)}
     rows, images = [], {}
     for model in args.models:
         for name, row, drawn in measure_model(model, args.output / model, proto, args.seed, args.ddim_eta):
             label = LABELS[name] + (f", eta {args.ddim_eta:g}" if name == "ddim" and args.ddim_eta else "")
             row.update(model=name, label=label, paper=_paper(args.dataset, name))
+            _save_scored(args.output, name, drawn, row.pop(pr.SCORED_RECONSTRUCTIONS, None))
             rows.append(row)
             images[name] = drawn[:64]
             figures = {k: row[k] for k in ("recon_mse", "recon_fid", "sample_fid")}
             print(f"measured {label}: {json.dumps(figures)}", flush=True)
-    floors = {**proto.floors, "mean_image_mse": pr.mean_image_mse(train, proto)}
+            on_row(rows, floors)
     return rows, floors, images
+
+
+def _save_scored(output: Path, name: str, samples: torch.Tensor, reconstructions: torch.Tensor | None) -> None:
+    """The images FID scored, as uint8 .npy, so any outside FID tool can score the same ones."""
+    np.save(output / f"{name}-samples.npy", samples.numpy())
+    if reconstructions is not None:
+        np.save(output / f"{name}-reconstructions.npy", reconstructions.numpy())
 
 
 def measure_model(model: str, folder: Path, proto, seed: int, eta: float = 0.0) -> list[tuple[str, dict, torch.Tensor]]:
@@ -191,24 +204,31 @@ def draw_samples(images: dict, rows: list[dict], path: Path) -> Path:
     return path
 
 
+def write_report(args, rows: list[dict], floors: dict, table: str | None) -> None:
+    """table1.json with the rows measured so far (table None: not finished), rewritten after every row."""
+    report = {"dataset": args.dataset, "minutes": None if args.updates else args.minutes, "updates_budget": args.updates,
+              "num_test": args.num_test, "fid_samples": args.fid_samples, "fid_reference": args.fid_reference,
+              "ddim_eta": args.ddim_eta, "gcrl_flags": args.gcrl_flags, "floors": floors, "rows": rows,
+              "complete": table is not None, "table": table}
+    write_json(args.output / "table1.json", report)
+
+
 def main(argv=None) -> int:
     """Train each model for the budget, measure all of them, print and write the table."""
     args = parse_args(argv)
     try:
         load_goals(args.dataset, args.data_dir)  # a bad data folder fails now, not after training
+        check_fid_dependencies()  # and a missing FID package too
         if not args.evaluate_only:
             args.output.mkdir(parents=True, exist_ok=True)
             train_all(args)
-        rows, floors, images = measure(args)
+        rows, floors, images = measure(args, lambda rows, floors: write_report(args, rows, floors, None))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     table = format_table(rows, floors, args.dataset, args.fid_samples)
     print(table, flush=True)
-    report = {"dataset": args.dataset, "minutes": None if args.updates else args.minutes, "updates_budget": args.updates,
-              "num_test": args.num_test, "fid_samples": args.fid_samples, "fid_reference": args.fid_reference,
-              "ddim_eta": args.ddim_eta, "gcrl_flags": args.gcrl_flags, "floors": floors, "rows": rows, "table": table}
-    (args.output / "table1.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args, rows, floors, table)
     draw_samples(images, rows, args.output / "table1.png")
     print(f"wrote {args.output}/table1.json and table1.png", flush=True)
     return 0

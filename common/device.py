@@ -45,9 +45,36 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def bf16_warning(config, device: torch.device) -> str | None:
-    """One line when a preset asks for bf16 autocast on a CPU that would emulate it (slowly), else None."""
-    if device.type != "cpu" or not (config.acting.bf16 or config.learning.bf16) or cpu_has_native_bf16():
-        return None
-    return ("warning: acting.bf16/learning.bf16 are on but this CPU has no native bfloat16; they will be slow "
-            "here: add --set acting.bf16=false --set learning.bf16=false")
+def native_bf16(device: torch.device) -> tuple[bool, str]:
+    """Whether `device` computes bfloat16 natively, and the evidence in words (for the start-up line)."""
+    if device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported()
+        return supported, f"{torch.cuda.get_device_name(device)} {'computes' if supported else 'lacks'} bfloat16"
+    if cpu_has_native_bf16():
+        return True, f"this CPU computes bfloat16 natively (oneDNN, ISA {torch.backends.cpu.get_cpu_capability()})"
+    return False, (f"this CPU has no native bfloat16 (oneDNN, ISA {torch.backends.cpu.get_cpu_capability()}): "
+                   "autocast would emulate it, several times slower than float32")
+
+
+def resolve_bf16(setting: bool | str, device: torch.device) -> bool:
+    """acting.bf16 / learning.bf16 for this process's device: "auto" is on exactly where bf16 is native.
+
+    Each process resolves on its own device (a GPU learner, CPU rollout actors), so a checkpoint resumed on
+    other hardware re-resolves "auto"; an explicit true or false is kept as given.
+    """
+    return native_bf16(device)[0] if setting == "auto" else bool(setting)
+
+
+def precision_line(config, device: torch.device) -> str:
+    """The start-up line: the precision acting and learning run at on `device`, and why."""
+    native, why = native_bf16(device)
+    parts = []
+    for role, setting in (("acting", config.acting.bf16), ("learning", config.learning.bf16)):
+        resolved = "bf16 autocast" if resolve_bf16(setting, device) else "float32"
+        parts.append(f"{role} {resolved} ({'auto' if setting == 'auto' else 'set'})")
+    line = f"precision on {device.type}: {', '.join(parts)}; {why}"
+    explicit_slow = not native and device.type == "cpu" and (config.acting.bf16 is True or config.learning.bf16 is True)
+    if explicit_slow:
+        line += ("\nwarning: bf16 was set explicitly on a CPU without native bfloat16; it runs, slowly: "
+                 "--set acting.bf16=auto --set learning.bf16=auto picks float32 here")
+    return line

@@ -111,6 +111,26 @@ def _parse_set(item: str) -> dict:
     return {section: {name: value}}
 
 
+def check_writable_checkpoint_dir(run: RunOptions) -> None:
+    """Make --checkpoint-dir now and write a probe file into it, so a folder that cannot be created or written
+    (a parent that is a file, a read-only place) is one line before training starts, not a traceback at the
+    first checkpoint after minutes of training."""
+    import os
+    import tempfile
+
+    if run.checkpoint_dir is None:
+        return
+    try:
+        run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run.checkpoint_dir):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        where = f" ({exc.filename})" if exc.filename and os.fspath(exc.filename) != os.fspath(run.checkpoint_dir) else ""
+        raise ConfigError(f"--checkpoint-dir {run.checkpoint_dir}: cannot create or write there: {reason}{where}; "
+                          "expected a writable folder") from exc
+
+
 def check_fresh_checkpoint_dir(run: RunOptions) -> None:
     """Refuse a new run (no --resume) into a folder that holds another run's checkpoints.
 
@@ -137,6 +157,7 @@ def parse_train(argv: list[str], description: str) -> TrainCommand:
                            DataOptions(args.dataset, args.data_dir, args.download, args.num_goals), run,
                            EvalOptions(args.eval_every, args.eval_test_goals, args.eval_fid_samples), ray_settings(args))
     check_fresh_checkpoint_dir(run)
+    check_writable_checkpoint_dir(run)
     return command
 
 

@@ -112,6 +112,15 @@ def locate_inception(path: str | Path | None = None) -> Path:
     return found
 
 
+def check_fid_dependencies(inception: str | Path | None = None) -> Path:
+    """Everything FID will need, checked before any training or sampling: torchmetrics importable and the
+    Inception file present. A run that would die at its FID step after an hour stops now, in one line."""
+    if importlib.util.find_spec("torchmetrics") is None:
+        raise EvaluationError("FID needs torchmetrics: install the eval extra (pip install "
+                              "'gcrl-generative[eval]') or turn FID off (--fid-samples 0 / --no-fid)")
+    return locate_inception(inception)
+
+
 def load_inception(path: str | Path | None = None, device: torch.device | str = "cpu") -> InceptionFeatures:
     """Load the TorchScript network (no download); an unreadable file is one line naming it."""
     path = locate_inception(path)

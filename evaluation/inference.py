@@ -19,6 +19,7 @@ import torch
 from common.errors import EvaluationError
 from common.method.config import BEHAVIOURS, ExperimentConfig
 from common.method.lookahead import lookahead_rollout
+from common.method.losses import selection_cross_entropy
 from common.method.pixels import to_uint8, to_unit_range
 from common.method.rollout import greedy_reconstruction, s_agent_sample, unfold_proposals
 from evaluation.fid import Progress
@@ -47,38 +48,53 @@ class Reconstructions:
     images: torch.Tensor  # [N, C, H, W] uint8 x_{H+1}, quantised as a saved image would be
     codes: torch.Tensor  # [N, H] long: the selections a_1..a_H
     finals: torch.Tensor | None = None  # [N, C, H, W] float x_{H+1}, when asked for (exact comparisons)
+    states: torch.Tensor | None = None  # [N, H+1, C, H, W] float x_1..x_{H+1}, when asked for (keep_states)
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bfloat16 autocast on `device` when `bf16` (evaluation runs at the precision the model acted with)."""
+    return torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16)
 
 
 @torch.inference_mode()
 def reconstruct(agent, x1: torch.Tensor, rates: torch.Tensor, goals: torch.Tensor, batch_size: int = 256,
                 progress: Progress | None = None, stage: str = "reconstruct", keep_float: bool = False,
-                encoder: str = "q", beam_width: int = 1) -> Reconstructions:
+                encoder: str = "q", beam_width: int = 1, bf16: bool = False,
+                keep_states: bool = False) -> Reconstructions:
     """GC-agent rollouts towards `goals` [N, C, H, W] (uint8 or float [-1, 1]), batch by batch.
 
     encoder "q": the Q-network's greedy choices (Algorithm 1 without the malus, the paper's encoder);
-    "lookahead": the lookahead extension with `beam_width` (common/method/lookahead.py).
+    "lookahead": the lookahead extension with `beam_width` (common/method/lookahead.py). `bf16`: the
+    networks under bfloat16 autocast (states and the MSE stay float32).
     """
     if encoder not in ENCODERS:
         raise EvaluationError(f"encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
-    total, squared, images, codes, finals = goals.shape[0], 0.0, [], [], []
+    total, squared, kept = goals.shape[0], 0.0, {"images": [], "codes": [], "finals": [], "states": []}
     if progress:
         progress(stage, 0, total)
     for start, stop in _batches(total, batch_size):
         target = _unit(goals[start:stop], x1.device)
-        if encoder == "q":
-            trajectories = greedy_reconstruction(agent, x1, target, rates, sigma=1.0)
-        else:
-            trajectories = lookahead_rollout(agent.proposal, x1, target, rates, 1.0, beam_width)
-        final = trajectories.states[:, -1]
+        with autocast(x1.device, bf16):
+            trajectories = _encode(agent, x1, target, rates, encoder, beam_width)
+        final = trajectories.states[:, -1].float()
         squared += float((final - target).double().pow(2).sum())
-        images.append(to_uint8(final).cpu())
-        codes.append(trajectories.selections.cpu())
-        if keep_float:
-            finals.append(final.cpu())
+        kept["images"].append(to_uint8(final).cpu())
+        kept["codes"].append(trajectories.selections.cpu())
+        kept["finals"].append(final.cpu() if keep_float else None)
+        kept["states"].append(trajectories.states.float().cpu() if keep_states else None)
         if progress:
             progress(stage, stop, total)
     mse = squared / max(goals[:1].numel() * total, 1)
-    return Reconstructions(mse, torch.cat(images), torch.cat(codes), torch.cat(finals) if keep_float else None)
+    return Reconstructions(mse, torch.cat(kept["images"]), torch.cat(kept["codes"]),
+                           torch.cat(kept["finals"]) if keep_float else None,
+                           torch.cat(kept["states"]) if keep_states else None)
+
+
+def _encode(agent, x1: torch.Tensor, target: torch.Tensor, rates: torch.Tensor, encoder: str, beam_width: int):
+    """One batch of the chosen GC-agent's greedy rollouts (Trajectories)."""
+    if encoder == "q":
+        return greedy_reconstruction(agent, x1, target, rates, sigma=1.0)
+    return lookahead_rollout(agent.proposal, x1, target, rates, 1.0, beam_width)
 
 
 def encoder_of(config: ExperimentConfig, override: str | None = None) -> dict:
@@ -101,17 +117,23 @@ class Samples:
 
 @torch.inference_mode()
 def sample(agent, x1: torch.Tensor, rates: torch.Tensor, count: int, batch_size: int = 256, seed: int = 0,
-           progress: Progress | None = None, keep_trajectories: int = 4) -> Samples:
-    """Algorithm 3 for `count` samples in batches, from one seeded generator (reproducible per device)."""
+           progress: Progress | None = None, keep_trajectories: int = 4, bf16: bool = False,
+           temperature: float = 1.0, top_k: int | None = None) -> Samples:
+    """Algorithm 3 for `count` samples in batches, from one seeded generator (reproducible per device).
+
+    temperature and top_k shape S-select's distribution (rollout.selection_distribution; 1 and None: the paper's).
+    """
     generator = torch.Generator(device=x1.device).manual_seed(seed)
     images, codes, kept = [], [], None
     if progress:
         progress("sample", 0, count)
     for start, stop in _batches(count, batch_size):
-        trajectories = s_agent_sample(agent.proposal, agent.selection, x1, stop - start, rates, generator)
-        images.append(to_uint8(trajectories.states[:, -1]).cpu())
+        with autocast(x1.device, bf16):
+            trajectories = s_agent_sample(agent.proposal, agent.selection, x1, stop - start, rates, generator,
+                                          temperature, top_k)
+        images.append(to_uint8(trajectories.states[:, -1].float()).cpu())
         codes.append(trajectories.selections.cpu())
-        kept = trajectories.states[:keep_trajectories].cpu() if kept is None else kept
+        kept = trajectories.states[:keep_trajectories].float().cpu() if kept is None else kept
         if progress:
             progress("sample", stop, count)
     return Samples(torch.cat(images), torch.cat(codes), kept)
@@ -123,6 +145,20 @@ def decode(agent, x1: torch.Tensor, rates: torch.Tensor, codes: torch.Tensor, ba
     finals = [unfold_proposals(agent.proposal, x1, codes[start:stop].to(x1.device, torch.long), rates).cpu()
               for start, stop in _batches(codes.shape[0], batch_size)]
     return torch.cat(finals)
+
+
+@torch.inference_mode()
+def s_agent_cross_entropy(agent, states: torch.Tensor, codes: torch.Tensor, bf16: bool = False) -> list[float]:
+    """-log S-select(a_h | x_h, h) per step h along an encoder's trajectories: how well the S-agent imitates the
+    GC-agent (the KL term of the paper's bound, up to the GC-agent's entropy). states [N, H+1, C, H, W] (as
+    Reconstructions.states), codes [N, H] -> H floats; their mean is what the S-agent's update minimises."""
+    per_step = []
+    for h in range(codes.shape[1]):
+        step = torch.full((codes.shape[0],), h, dtype=torch.long, device=states.device)
+        with autocast(states.device, bf16):
+            logits = agent.selection(states[:, h], step)
+        per_step.append(float(selection_cross_entropy(logits.float(), codes[:, h].to(states.device))))
+    return per_step
 
 
 def mean_squared_error(a: torch.Tensor, b: torch.Tensor) -> float:

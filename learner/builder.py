@@ -18,7 +18,7 @@ from actors.worker import RolloutWorker
 from buffers.tables import ReplayTables
 from common.method.config import ExperimentConfig
 from common.method.mdp import initial_state
-from common.method.networks import ImageShape, VAgent
+from common.method.networks import ImageShape, VAgent, check_image_size
 from common.storage.data import GoalSet
 from common.storage.messages import TrajectorySpec
 from learner.learning import Learner
@@ -36,7 +36,9 @@ class Builder:
 
     @classmethod
     def for_goals(cls, config: ExperimentConfig, goals: GoalSet) -> Builder:
-        """The builder of a run on these training goals."""
+        """The builder of a run on these training goals; images the networks cannot take are refused here, in
+        the driver, before any process starts."""
+        check_image_size(tuple(goals.image_shape), len(config.network.proposal_widths))
         return cls(config, tuple(goals.image_shape), len(goals))
 
     @property

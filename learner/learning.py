@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from buffers.tables import ReplaySample, SampleRequest
+from common.device import resolve_bf16
 from common.method.config import LearningConfig, MDPConfig
 from common.method.pixels import to_unit_range
 from common.method.lookahead import proposal_fan_out
@@ -61,6 +62,7 @@ class Learner:
         self.goal_images = goal_images.to(device)  # [N, C, H, W] uint8: goals are looked up by index
         self.x1 = x1.to(device)
         self.rates = step_rates(mdp, device)
+        self.bf16 = resolve_bf16(learning.bf16, device)  # "auto": on where this device computes bf16 natively
         self.counts = UpdateCounts()
 
     def next_request(self) -> SampleRequest:
@@ -99,8 +101,8 @@ class Learner:
         return float(loss.detach())
 
     def _autocast(self):
-        """bfloat16 autocast around forward passes when learning.bf16 is set (losses are taken in float32)."""
-        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.learning.bf16)
+        """bfloat16 autocast around forward passes when learning.bf16 resolves on (losses are taken in float32)."""
+        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16)
 
     def update_proposal(self, batch: dict[str, np.ndarray]) -> float:
         """Algorithm 2 lines 1-4: MSE of the unfolded network's final state against the goal."""
@@ -166,7 +168,7 @@ class Learner:
         """Everything needed to continue learning exactly: networks, target, optimisers, counters."""
         return {"agent": self.agent.state_dict(), "target_q": self.target_q.state_dict(),
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-                "counts": vars(self.counts).copy()}
+                "counts": vars(self.counts).copy(), "precision": {"learning_bf16": self.bf16}}
 
     def load_state_dict(self, state: dict) -> None:
         """Inverse of state_dict (tensors are moved to this learner's device)."""

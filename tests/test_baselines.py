@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -202,4 +203,8 @@ def test_table1_trains_every_model_and_writes_the_table(data_dir, tmp_path):
         assert 0 < rows[name]["recon_mse"] < 4 and rows[name]["recon_fid"] > 0
     assert all(r["sample_fid"] > 0 and r["images_per_second"] > 0 for r in rows.values())
     assert rows["vae"]["paper"]["sample_fid"] == 27.96 and "DDIM 16 steps" in report["table"]
+    assert report["complete"] and len(rows["gcrl"]["s_agent_cross_entropy_per_step"]) == rows["gcrl"]["horizon"]
     assert Image.open(out / "table1.png").size[0] > 4 * 8 * 28
+    for name in ("gcrl", "vae"):  # the images FID scored, for outside tools
+        assert np.load(out / f"{name}-reconstructions.npy").shape == (8, 1, 28, 28)
+    assert np.load(out / "ddim-samples.npy").dtype == np.uint8

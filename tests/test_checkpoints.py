@@ -154,7 +154,7 @@ def test_single_process_checkpoint_holds_everything_to_continue(saved):
     checkpoint = load_checkpoint(saved)
     state = checkpoint.learner_state()
     assert set(state) >= {"learner", "x1", "counters", "rng"}
-    assert set(state["learner"]) == {"agent", "target_q", "optimizers", "counts"}
+    assert set(state["learner"]) == {"agent", "target_q", "optimizers", "counts", "precision"}
     assert set(state["learner"]["optimizers"]) == {"proposal", "selection", "q"}
     assert torch.is_tensor(state["rng"]["torch"]) and "state" in state["rng"]["worker"]
     assert checkpoint.manifest["config"]["mdp"]["horizon"] == 3 and len(checkpoint.replay_shards) == 1

@@ -28,7 +28,8 @@ def one_error_line(capsys, argv: list[str]) -> str:
     (["--preset", "huge"], "'huge'"),
     (["--dataset", "cifar10"], "'cifar10'"),
     (["--set", "mdp.horizon=0"], "mdp.horizon must be a positive integer, got 0"),
-    (["--set", "mdp.num_proposals=-3"], "mdp.num_proposals must be a positive integer, got -3"),
+    (["--set", "mdp.num_proposals=-3"], "mdp.num_proposals must be an integer >= 2"),
+    (["--set", "mdp.num_proposals=1"], "nothing to choose), got 1"),
     (["--set", "mdp.sigma=0"], "mdp.sigma must be a positive number, got 0"),
     (["--set", "mdp.sigma=-1.5"], "got -1.5"),
     (["--set", "learning.q_batch=0"], "learning.q_batch must be a positive integer, got 0"),
@@ -39,7 +40,8 @@ def one_error_line(capsys, argv: list[str]) -> str:
     (["--set", "acting.kappa=-0.1"], "acting.kappa must be a number >= 0, got -0.1"),
     (["--set", "acting.behaviour=greedy"], "acting.behaviour must be one of q, lookahead, got 'greedy'"),
     (["--set", "acting.beam_width=0"], "acting.beam_width must be a positive integer, got 0"),
-    (["--set", "acting.bf16=maybe"], "acting.bf16 must be true or false, got 'maybe'"),
+    (["--set", "acting.bf16=maybe"], "acting.bf16 must be true, false or auto, got 'maybe'"),
+    (["--set", "learning.bf16=1"], "learning.bf16 must be true, false or auto, got 1"),
     (["--set", "learning.q_target=every"], "learning.q_target must be one of sampled, all_actions, got 'every'"),
     (["--set", "mdp.alphas=[1.0, 0.5]"], "mdp.alphas must list one rate per step (3 for H=3), got 2"),
     (["--set", "mdp.alphas=[1.0, 0.0, 0.5]"], "mdp.alphas[2] must be a positive number, got 0.0"),
@@ -60,7 +62,7 @@ def test_bad_config_file_names_the_file_and_setting(capsys, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("mdp:\n  horizon: 4\n  num_proposals: 0\n")
     line = one_error_line(capsys, ["--runtime", "single-process", "--config", str(config)])
-    assert "mdp.num_proposals must be a positive integer, got 0" in line
+    assert "mdp.num_proposals must be an integer >= 2" in line and "got 0" in line
     config.write_text("mdp: [1, 2\n")
     assert str(config) in one_error_line(capsys, ["--config", str(config)])
     config.write_text("replay:\n  capacity: 10\n")
@@ -104,6 +106,25 @@ def test_image_folder_of_mixed_sizes_names_the_odd_file(capsys, tmp_path):
     line = one_error_line(capsys, ["--runtime", "single-process", "--preset", "tiny", "--dataset", "folder",
                                    "--data-dir", str(tmp_path)])
     assert "b.png is 8x9x1 but a.png is 8x8x1" in line
+
+
+def test_image_folder_too_small_for_the_unet_says_the_smallest_size(capsys, tmp_path):
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("L", (1, 1), i).save(tmp_path / f"{i}.png")
+    line = one_error_line(capsys, ["--preset", "tiny", "--dataset", "folder", "--data-dir", str(tmp_path)])
+    assert "images of 1x1 pixels are too small" in line and "at least 8 pixels" in line
+
+
+@pytest.mark.parametrize("runtime", ["single-process", "ray"])
+def test_checkpoint_dir_under_a_file_is_one_line_before_anything_starts(capsys, tmp_path, data_dir, runtime):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    line = one_error_line(capsys, ["--runtime", runtime, "--preset", "tiny", "--data-dir", str(data_dir),
+                                   "--checkpoint-dir", str(blocker / "run")])
+    assert f"--checkpoint-dir {blocker / 'run'}: cannot create or write there: Not a directory" in line
+    assert blocker.read_text() == "keep me"
 
 
 def test_the_real_process_prints_one_line_and_exits_2(tmp_path):

@@ -124,13 +124,17 @@ def test_paper_lookahead_differs_from_paper_only_in_the_behaviour():
     assert dataclasses.replace(extended, acting=base.acting) == base
 
 
-def test_small_lookahead_is_small_with_the_lookahead_h8_and_bf16():
+def test_small_lookahead_is_small_with_the_lookahead_and_h8_at_auto_precision():
     base, extended = presets.small(), presets.small_lookahead()
     assert (extended.acting.behaviour, extended.mdp.horizon, extended.acting.bf16, extended.learning.bf16) == (
-        "lookahead", 8, True, True)
-    restored = dataclasses.replace(extended, acting=base.acting, mdp=base.mdp,
-                                   learning=dataclasses.replace(extended.learning, bf16=False))
-    assert restored == base
+        "lookahead", 8, "auto", "auto")
+    assert dataclasses.replace(extended, acting=base.acting, mdp=base.mdp) == base
+
+
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
+def test_every_preset_leaves_precision_to_the_hardware(name):
+    config = presets.PRESETS[name]()
+    assert (config.acting.bf16, config.learning.bf16) == ("auto", "auto")
 
 
 def test_default_preset_without_gpu_is_small_lookahead():

@@ -91,7 +91,7 @@ class Diffusion(nn.Module):
     def __init__(self, config: DiffusionConfig, image_shape: tuple[int, int, int]):
         super().__init__()
         self.config, self.image_shape = config, tuple(image_shape)
-        mdp = MDPConfig(horizon=config.steps, num_proposals=1)
+        mdp = MDPConfig(horizon=1, num_proposals=config.steps)  # the U-Net's index A*h + a is then t (h = 0, a = t)
         net = NetworkConfig(proposal_widths=config.widths, selection_widths=config.widths[:1], groups=config.groups)
         self.denoiser = ProposalUNet(self.image_shape, mdp, net)
         self._schedule = None
@@ -105,7 +105,7 @@ class Diffusion(nn.Module):
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Predicted noise: x_t [B, C, H, W], t [B] long -> [B, C, H, W]."""
-        return self.denoiser(x_t, t, torch.zeros_like(t)).float()
+        return self.denoiser(x_t, torch.zeros_like(t), t).float()
 
     def loss(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Ho et al.'s simple loss: E ||eps - eps_theta(x_t, t)||^2 per pixel, t uniform in [0, T)."""

@@ -22,9 +22,12 @@ from bench.baselines.train import autocast
 from common.storage.data import GoalSet
 from common.method.pixels import to_uint8
 from common.device import cpu_has_native_bf16
-from evaluation.inference import encoder_of, reconstruct, sample
+from evaluation.inference import encoder_of, reconstruct, s_agent_cross_entropy, sample
 from evaluation.model import load_model
 from evaluation.fid import FidScorer, ReferenceCache, load_inception, reference_stats
+
+
+SCORED_RECONSTRUCTIONS = "_reconstructions"  # the row key of the scored reconstructions (uint8 tensor)
 
 
 @dataclass
@@ -72,6 +75,7 @@ def scores(protocol: Protocol, samples: torch.Tensor, seconds: float, passes: in
            "images_per_second": samples.shape[0] / seconds, "sampling_seconds": round(seconds, 2)}
     if reconstructions is not None:
         row["recon_fid"] = protocol.scorer.score(reconstructions, protocol.test_reference, "reconstruction FID")
+        row[SCORED_RECONSTRUCTIONS] = reconstructions  # not JSON: table1.py saves it as .npy and drops it
     row["sample_fid"] = protocol.scorer.score(samples, protocol.train_reference, "sample FID")
     return row
 
@@ -86,13 +90,16 @@ def evaluate_gcrl(checkpoint, protocol: Protocol, seed: int = 0) -> tuple[dict, 
     model = load_model(checkpoint, "cpu")
     with _autocast(protocol):
         recon = reconstruct(model.agent, model.x1, model.rates, protocol.test, protocol.batch_size,
-                            **encoder_of(model.config))
+                            keep_states=True, **encoder_of(model.config))
         drawn, seconds = timed(lambda: sample(model.agent, model.x1, model.rates, protocol.samples,
                                               protocol.batch_size, seed, keep_trajectories=0).images)
+        cross_entropy = s_agent_cross_entropy(model.agent, recon.states, recon.codes)
     passes = model.config.mdp.horizon  # H U-Net passes, each after one pass of the small S-select-net
     row = scores(protocol, drawn, seconds, passes, "U-Net + S-select", recon.images, recon.mse)
     row.update(updates=model.updates, encoder=encoder_of(model.config)["encoder"],
-               horizon=passes, num_proposals=model.config.mdp.num_proposals)
+               horizon=passes, num_proposals=model.config.mdp.num_proposals,
+               s_agent_cross_entropy=sum(cross_entropy) / len(cross_entropy),
+               s_agent_cross_entropy_per_step=[round(v, 4) for v in cross_entropy])
     return row, drawn
 
 

@@ -64,6 +64,15 @@ def check_bool(name: str, value) -> None:
         raise ConfigError(f"{name} must be true or false, got {value!r}")
 
 
+PRECISIONS = (True, False, "auto")
+
+
+def check_precision(name: str, value) -> None:
+    """Refuse anything but true, false or auto (bfloat16 autocast decided by the hardware, common/device.py)."""
+    if not (isinstance(value, bool) or value == "auto"):
+        raise ConfigError(f"{name} must be true, false or auto, got {value!r}")
+
+
 def check_choice(name: str, value, choices: tuple[str, ...]) -> None:
     """Refuse a value outside a fixed set of names, listing them."""
     if value not in choices:
@@ -101,7 +110,8 @@ class MDPConfig:
 
     def __post_init__(self):
         check_positive_int("mdp.horizon", self.horizon)
-        check_positive_int("mdp.num_proposals", self.num_proposals)
+        check_int_range("mdp.num_proposals", self.num_proposals, 2, None,
+                        " (with one proposal the GC-agent and the S-agent have nothing to choose)")
         check_positive("mdp.sigma", self.sigma)
         check_choice("mdp.loss_reduction", self.loss_reduction, LOSS_REDUCTIONS)
         if self.initial_state not in INITIAL_STATES:
@@ -162,7 +172,8 @@ class ActingConfig:
     behaviour: str = "q"  # "q" (the paper) or "lookahead" (extension)
     beam_width: int = 1  # lookahead: partial sequences kept per goal (1: greedy one-step lookahead)
     q_fraction: float = 0.0  # lookahead: share of goals acted by the paper's Q + malus rule instead
-    bf16: bool = False  # run acting's forward passes under bfloat16 autocast (speed; states stay float32)
+    bf16: bool | str = "auto"  # acting's forward passes under bfloat16 autocast (speed; states stay float32);
+    # "auto": on where the device computes bfloat16 natively (common/device.resolve_bf16)
 
     def __post_init__(self):
         check_non_negative("acting.kappa", self.kappa)
@@ -170,7 +181,7 @@ class ActingConfig:
         check_choice("acting.behaviour", self.behaviour, BEHAVIOURS)
         check_positive_int("acting.beam_width", self.beam_width)
         check_fraction("acting.q_fraction", self.q_fraction)
-        check_bool("acting.bf16", self.bf16)
+        check_precision("acting.bf16", self.bf16)
 
 
 @dataclass(frozen=True)
@@ -192,7 +203,8 @@ class LearningConfig:
     q_target: str = "sampled"  # "sampled": Algorithm 2's Double-DQN target for the taken selection;
     # "all_actions" (extension): every selection's next state is computed through the proposal network
     # and all A Q-values are regressed (exact goal loss at h = H, Double-DQN bootstrap before)
-    bf16: bool = False  # forward passes of the updates under bfloat16 autocast (speed; weights stay float32)
+    bf16: bool | str = "auto"  # the updates' forward passes under bfloat16 autocast (speed; weights stay float32);
+    # "auto": as acting.bf16
 
     def __post_init__(self):
         check_unit_interval("learning.rho", self.rho)
@@ -202,7 +214,7 @@ class LearningConfig:
                      "selection_every", "q_every", "target_every"):
             check_positive_int(f"learning.{name}", getattr(self, name))
         check_choice("learning.q_target", self.q_target, Q_TARGETS)
-        check_bool("learning.bf16", self.bf16)
+        check_precision("learning.bf16", self.bf16)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from common.errors import ConfigError
 from common.method.config import MDPConfig, NetworkConfig
 
 ImageShape = tuple[int, int, int]  # (C, H, W)
@@ -47,11 +48,26 @@ class ImageEmbedding(nn.Module):
         return self.table(index).view(-1, *self.image_shape)
 
 
+def smallest_image_side(levels: int) -> int:
+    """The U-Net halves the image levels - 1 times (max-pooling floors), so each side needs 2^(levels - 1) pixels."""
+    return 2 ** (levels - 1)
+
+
+def check_image_size(image_shape: ImageShape, levels: int) -> None:
+    """Refuse images the U-Net cannot pool down (they would fail deep inside a forward pass), in one line."""
+    side = smallest_image_side(levels)
+    if min(image_shape[1:]) < side:
+        raise ConfigError(f"images of {image_shape[1]}x{image_shape[2]} pixels are too small for the proposal "
+                          f"U-Net's {levels} levels: each side needs at least {side} pixels (2^(levels-1)); use "
+                          "larger images or fewer network.proposal_widths")
+
+
 class ProposalUNet(nn.Module):
     """S-prop-net: proposes the action y_h for selection a at step h; shared by both agents."""
 
     def __init__(self, image_shape: ImageShape, mdp: MDPConfig, net: NetworkConfig):
         super().__init__()
+        check_image_size(image_shape, len(net.proposal_widths))
         channels = image_shape[0]
         widths = net.proposal_widths
         self.num_proposals = mdp.num_proposals

@@ -65,17 +65,31 @@ def greedy_reconstruction(agent: VAgent, x1: torch.Tensor, goals: torch.Tensor, 
     return goal_conditioned_rollout(agent, x1, goals, rates, kappa=0.0, sigma=sigma)
 
 
+def selection_distribution(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None) -> torch.Tensor:
+    """S-select's probabilities for sampling, sharpened or flattened: logits [B, A] -> probs [B, A].
+
+    temperature 1 and no top_k is Algorithm 3's plain sampling; temperature -> 0 is the argmax; top_k keeps
+    the k most likely selections of each row (renormalised).
+    """
+    if top_k is not None and top_k < logits.shape[1]:
+        kth = logits.topk(top_k, dim=1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.softmax(logits.float() / temperature, dim=1)
+
+
 def s_agent_sample(proposal: ProposalUNet, selection: SelectionNet, x1: torch.Tensor, num_samples: int,
-                   rates: torch.Tensor, generator: torch.Generator | None = None) -> Trajectories:
+                   rates: torch.Tensor, generator: torch.Generator | None = None, temperature: float = 1.0,
+                   top_k: int | None = None) -> Trajectories:
     """Algorithm 3: the goal-agnostic S-agent generates; sampling a_h is the only randomness.
 
     Returns whole trajectories (x_{H+1} is states[:, -1]); final_loss is NaN as there is no goal.
+    temperature and top_k shape S-select's distribution (selection_distribution); the defaults are the paper's.
     """
     state = x1.unsqueeze(0).expand(num_samples, *x1.shape).contiguous()
     states, selections = [state], []
     for h in range(rates.shape[0]):
         step = _step_index(h, num_samples, x1.device)
-        probs = torch.softmax(selection(state, step), dim=1)
+        probs = selection_distribution(selection(state, step), temperature, top_k)
         chosen = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         state = transition(state, proposal(state, step, chosen), rates[h])
         states.append(state)

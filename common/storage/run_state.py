@@ -35,12 +35,21 @@ def config_from_manifest(manifest: dict) -> ExperimentConfig:
         raise CheckpointError(f"checkpoint manifest has no usable config: {exc}") from exc
 
 
+SPEED_ONLY = (("acting", "bf16"), ("learning", "bf16"))  # precision may change on resume (other hardware)
+
+
 def check_compatible(manifest: dict, config: ExperimentConfig, goals: GoalSet) -> None:
-    """Refuse to resume a run on other data or other settings: replay holds goal indices and shapes."""
-    saved = config_from_manifest(manifest)
-    if saved != config:
-        diffs = [f"{section}.{name}" for section, values in config.to_dict().items()
-                 for name, value in values.items() if saved.to_dict()[section][name] != value]
+    """Refuse to resume a run on other data or other settings: replay holds goal indices and shapes.
+
+    The bf16 settings are left out: they change speed, not the model, and "auto" re-resolves on the
+    hardware a run resumes on (the checkpoint records what the learner resolved, under "precision").
+    """
+    saved, wanted = config_from_manifest(manifest).to_dict(), config.to_dict()
+    for section, name in SPEED_ONLY:
+        saved[section][name] = wanted[section][name]
+    if saved != wanted:
+        diffs = [f"{section}.{name}" for section, values in wanted.items()
+                 for name, value in values.items() if saved[section][name] != value]
         raise CheckpointError(f"checkpoint was trained with other settings ({', '.join(diffs[:4])}); "
                               "resume with the same preset and config, or use a new --checkpoint-dir")
     fingerprint = manifest.get("dataset", {}).get("fingerprint")

@@ -40,7 +40,7 @@ from common.storage.data import load_goals  # noqa: E402
 from deploy.cli import parse_train  # noqa: E402
 from evaluation.figures import line_chart  # noqa: E402
 from evaluation.files import write_json  # noqa: E402
-from evaluation.inference import ENCODERS, sample  # noqa: E402
+from evaluation.inference import sample  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -112,7 +112,7 @@ def draw_curves(readings: list[dict], fids: list[dict], baseline: float, path: P
     The untrained reading (MSE far above everything after it) is left out so the scale shows learning.
     """
     readings = [r for r in readings if r["updates"] > 0] or readings
-    series = {f"{e} MSE": [r["mse"][e] for r in readings] for e in ENCODERS}
+    series = {f"{e} MSE": [r["mse"][e] for r in readings] for e in readings[-1]["mse"]}
     series["mean baseline"] = [baseline] * len(readings)
     panels = [("reconstruction MSE vs minutes", [r["minutes"] for r in readings], series),
               ("reconstruction MSE vs updates", [r["updates"] for r in readings], series)]

@@ -65,7 +65,8 @@ def _base_parser(command: str, description: str) -> OneLineParser:
 
 
 def _encoder_flag(p: OneLineParser) -> None:
-    p.add_argument("--encoder", choices=ENCODERS, help="GC-agent that encodes: q (the paper's Q-network) or "
+    p.add_argument("--encoder", choices=ENCODERS, help="GC-agent that encodes: q (the paper's Q-network), "
+                   "afterstate (the learned afterstate value, where the model has one) or "
                    "lookahead (the extension); default: the behaviour the checkpoint was trained with")
 
 

@@ -22,6 +22,7 @@ from common.method.lookahead import lookahead_rollout
 from common.method.losses import selection_cross_entropy
 from common.method.pixels import to_uint8, to_unit_range
 from common.method.rollout import greedy_reconstruction, s_agent_sample, unfold_proposals
+from common.method.scoring import CandidateScoring
 from evaluation.fid import Progress
 
 ENCODERS = BEHAVIOURS  # the GC-agent that turns an image into a code is one of those that act (see reconstruct)
@@ -60,22 +61,24 @@ def autocast(device: torch.device, bf16: bool):
 def reconstruct(agent, x1: torch.Tensor, rates: torch.Tensor, goals: torch.Tensor, batch_size: int = 256,
                 progress: Progress | None = None, stage: str = "reconstruct", keep_float: bool = False,
                 encoder: str = "q", beam_width: int = 1, bf16: bool = False,
-                keep_states: bool = False) -> Reconstructions:
+                keep_states: bool = False, prior_weight: float = 0.0) -> Reconstructions:
     """GC-agent rollouts towards `goals` [N, C, H, W] (uint8 or float [-1, 1]), batch by batch.
 
     encoder "q": the Q-network's greedy choices (Algorithm 1 without the malus, the paper's encoder);
-    "lookahead": the lookahead extension with `beam_width` (common/method/lookahead.py). `bf16`: the
-    networks under bfloat16 autocast (states and the MSE stay float32).
+    "lookahead" / "afterstate": the candidate-scoring extensions with `beam_width` and the prior's weight
+    (common/method/scoring.py), greedy. `bf16`: the networks under bfloat16 autocast (states and the MSE stay
+    float32).
     """
-    if encoder not in ENCODERS:
-        raise EvaluationError(f"encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
+    if encoder not in available_encoders(agent):
+        raise EvaluationError(f"encoder must be one of {', '.join(available_encoders(agent))} for this model, "
+                              f"got {encoder!r}")
     total, squared, kept = goals.shape[0], 0.0, {"images": [], "codes": [], "finals": [], "states": []}
     if progress:
         progress(stage, 0, total)
     for start, stop in _batches(total, batch_size):
         target = _unit(goals[start:stop], x1.device)
         with autocast(x1.device, bf16):
-            trajectories = _encode(agent, x1, target, rates, encoder, beam_width)
+            trajectories = _encode(agent, x1, target, rates, encoder, beam_width, prior_weight)
         final = trajectories.states[:, -1].float()
         squared += float((final - target).double().pow(2).sum())
         kept["images"].append(to_uint8(final).cpu())
@@ -90,20 +93,30 @@ def reconstruct(agent, x1: torch.Tensor, rates: torch.Tensor, goals: torch.Tenso
                            torch.cat(kept["states"]) if keep_states else None)
 
 
-def _encode(agent, x1: torch.Tensor, target: torch.Tensor, rates: torch.Tensor, encoder: str, beam_width: int):
+def _encode(agent, x1: torch.Tensor, target: torch.Tensor, rates: torch.Tensor, encoder: str, beam_width: int,
+            prior_weight: float):
     """One batch of the chosen GC-agent's greedy rollouts (Trajectories)."""
     if encoder == "q":
         return greedy_reconstruction(agent, x1, target, rates, sigma=1.0)
-    return lookahead_rollout(agent.proposal, x1, target, rates, 1.0, beam_width)
+    scoring = CandidateScoring(prior_weight, False, agent.selection if prior_weight else None,
+                               agent.goal_value if encoder == "afterstate" else None)
+    return lookahead_rollout(agent.proposal, x1, target, rates, 1.0, beam_width, scoring=scoring)
+
+
+def available_encoders(agent) -> tuple[str, ...]:
+    """The encoders this agent can run: the afterstate agent only where the model has its value network."""
+    return tuple(e for e in ENCODERS if e != "afterstate" or getattr(agent, "goal_value", None) is not None)
 
 
 def encoder_of(config: ExperimentConfig, override: str | None = None) -> dict:
     """reconstruct's encoder arguments for a model: the GC-agent it acted with, unless overridden.
 
-    A model trained with the lookahead behaviour encodes with the lookahead (same beam width); one
-    trained by the paper's rule with its Q-network.
+    A model trained with a candidate-scoring behaviour encodes with it (same beam width and prior weight, greedy
+    even where it acted stochastically); one trained by the paper's rule with its Q-network.
     """
-    return {"encoder": override or config.acting.behaviour, "beam_width": config.acting.beam_width}
+    encoder = override or config.acting.behaviour
+    prior = config.acting.prior_weight if encoder != "q" else 0.0
+    return {"encoder": encoder, "beam_width": config.acting.beam_width, "prior_weight": prior}
 
 
 @dataclass

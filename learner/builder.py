@@ -61,12 +61,16 @@ class Builder:
         a copy whose weights are loaded next (rollout actors, evaluation), left to torch's stream."""
         if seed is not None:
             torch.manual_seed(seed)
-        return VAgent(self.image_shape, self.config.mdp, self.config.network).to(device)
+        value = self.config.acting.behaviour == "afterstate"  # the afterstate agent's value network
+        return VAgent(self.image_shape, self.config.mdp, self.config.network, value).to(device)
 
     def make_learner(self, agent: VAgent, goal_images: torch.Tensor, x1: torch.Tensor,
                      device: torch.device) -> Learner:
-        """Algorithm 2's learner over `agent`; goal_images [N, C, H, W] uint8, x1 [C, H, W]."""
-        return Learner(agent, self.config.mdp, self.config.learning, goal_images, x1, device)
+        """Algorithm 2's learner over `agent`; goal_images [N, C, H, W] uint8, x1 [C, H, W]. GC-select-Qnet is
+        trained unless the afterstate agent acts alone (then its value network is the GC-agent that learns)."""
+        acting = self.config.acting
+        train_q = acting.behaviour != "afterstate" or acting.q_fraction > 0 or self.config.learning.demo_margin > 0
+        return Learner(agent, self.config.mdp, self.config.learning, goal_images, x1, device, train_q)
 
     def make_rollout_worker(self, agent: VAgent, goal_images: torch.Tensor | np.ndarray, x1: torch.Tensor,
                             device: torch.device, seed: int) -> RolloutWorker:

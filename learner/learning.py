@@ -20,13 +20,14 @@ from common.device import resolve_bf16
 from common.method.config import LearningConfig, MDPConfig
 from common.method.pixels import to_unit_range
 from common.method.lookahead import proposal_fan_out
-from common.method.losses import (all_action_targets, double_dqn_target, polyak_update, q_regression_loss,
-                           selection_cross_entropy, unfolded_proposal_loss)
+from common.method.losses import (afterstate_targets, all_action_targets, demonstration_margin_loss,
+                                  double_dqn_target, polyak_update, q_regression_loss, selection_cross_entropy,
+                                  unfolded_proposal_loss)
 from common.method.mdp import goal_loss, step_rates
 from common.method.networks import VAgent
 from common.method.rollout import unfold_proposals
 
-UPDATE_KINDS = ("proposal", "selection", "q")
+UPDATE_KINDS = ("proposal", "selection", "q", "value")
 
 
 @dataclass
@@ -37,6 +38,7 @@ class UpdateCounts:
     proposal: int = 0
     selection: int = 0
     q: int = 0
+    value: int = 0  # the afterstate value network's updates (extension)
 
 
 def _tensor(array: np.ndarray, device, dtype=None) -> torch.Tensor:
@@ -51,14 +53,18 @@ class Learner:
     """One step = the updates of Algorithm 2 that are due, each from its own replay batch."""
 
     def __init__(self, agent: VAgent, mdp: MDPConfig, learning: LearningConfig, goal_images: torch.Tensor,
-                 x1: torch.Tensor, device: torch.device):
-        self.mdp, self.learning, self.device = mdp, learning, device
+                 x1: torch.Tensor, device: torch.device, train_q: bool = True):
+        self.mdp, self.learning, self.device, self.train_q = mdp, learning, device, train_q
         self.agent = agent.to(device)
         self.target_q = copy.deepcopy(self.agent.goal_q).requires_grad_(False)
         self.optimizers = {
             "proposal": torch.optim.Adam(self.agent.proposal.parameters(), lr=learning.proposal_lr),
             "selection": torch.optim.Adam(self.agent.selection.parameters(), lr=learning.selection_lr),
             "q": torch.optim.Adam(self.agent.goal_q.parameters(), lr=learning.q_lr)}
+        self.target_value = None  # the afterstate agent's Polyak target (extension), when the agent has a value net
+        if self.agent.goal_value is not None:
+            self.target_value = copy.deepcopy(self.agent.goal_value).requires_grad_(False)
+            self.optimizers["value"] = torch.optim.Adam(self.agent.goal_value.parameters(), lr=learning.q_lr)
         self.goal_images = goal_images.to(device)  # [N, C, H, W] uint8: goals are looked up by index
         self.x1 = x1.to(device)
         self.rates = step_rates(mdp, device)
@@ -83,8 +89,10 @@ class Learner:
             losses["proposal"] = self.update_proposal(sample.proposal_sequences)
         if sample.selections is not None:
             losses["selection"] = self.update_selection(sample.selections)
-        if sample.gc_transitions is not None:
+        if sample.gc_transitions is not None and self.train_q:
             losses["q"] = self.update_q(sample.gc_transitions)
+        if sample.gc_transitions is not None and self.target_value is not None:
+            losses["value"] = self.update_value(sample.gc_transitions)
         self.counts.steps += 1
         return losses
 
@@ -128,15 +136,39 @@ class Learner:
         goal = self._goals(batch["goal_index"])
         with self._autocast():
             q_values = self.agent.goal_q(state, step, goal).float()  # [B, A]
+        selection = _tensor(batch["selection"], self.device, torch.long)
         if self.learning.q_target == "all_actions":
             loss = F.mse_loss(q_values, self._all_action_targets(state, step, goal))
         else:
-            loss = q_regression_loss(q_values, _tensor(batch["selection"], self.device, torch.long),
+            loss = q_regression_loss(q_values, selection,
                                      self._sampled_targets(next_state, step, goal, _tensor(batch["loss"], self.device)))
+        if self.learning.demo_margin > 0:  # the acting GC-agent as a demonstrator (extension)
+            loss = loss + self.learning.demo_weight * demonstration_margin_loss(q_values, selection,
+                                                                                self.learning.demo_margin)
         value = self._apply("q", loss, self.agent.goal_q)
         if self.counts.q % self.learning.target_every == 0:
             polyak_update(self.target_q, self.agent.goal_q, self.learning.rho)
         return value
+
+    def update_value(self, batch: dict[str, np.ndarray]) -> float:
+        """The afterstate agent (extension): regress V(x_h, h, goal) of the state reached after h steps on the
+        Double-DQN target of the next afterstate x_{h+1} (losses.afterstate_targets), then the Polyak target."""
+        state, next_state = _tensor(batch["state"], self.device), _tensor(batch["next_state"], self.device)
+        step = _tensor(batch["step"], self.device, torch.long)
+        goal = self._goals(batch["goal_index"])
+        with self._autocast():
+            values = self.agent.goal_value(state, step, goal).float()  # [B]
+        with torch.no_grad():
+            next_is_final = step == self.mdp.horizon - 1
+            next_step = torch.clamp(step + 1, max=self.mdp.horizon - 1)  # rows ending the episode are masked
+            with self._autocast():
+                bootstrap = self.target_value(next_state, next_step, goal).float()
+            distance = (next_state - goal).pow(2).flatten(1).mean(dim=1)
+            targets = afterstate_targets(bootstrap, distance, next_is_final)
+        result = self._apply("value", F.mse_loss(values, targets), self.agent.goal_value)
+        if self.counts.value % self.learning.target_every == 0:
+            polyak_update(self.target_value, self.agent.goal_value, self.learning.rho)
+        return result
 
     @torch.no_grad()
     def _sampled_targets(self, next_state, step, goal, loss) -> torch.Tensor:
@@ -166,7 +198,8 @@ class Learner:
 
     def state_dict(self) -> dict:
         """Everything needed to continue learning exactly: networks, target, optimisers, counters."""
-        return {"agent": self.agent.state_dict(), "target_q": self.target_q.state_dict(),
+        targets = {"target_value": self.target_value.state_dict()} if self.target_value is not None else {}
+        return {"agent": self.agent.state_dict(), "target_q": self.target_q.state_dict(), **targets,
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                 "counts": vars(self.counts).copy(), "precision": {"learning_bf16": self.bf16}}
 
@@ -174,6 +207,8 @@ class Learner:
         """Inverse of state_dict (tensors are moved to this learner's device)."""
         self.agent.load_state_dict(state["agent"])
         self.target_q.load_state_dict(state["target_q"])
+        if self.target_value is not None:
+            self.target_value.load_state_dict(state["target_value"])
         for kind, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][kind])
         self.counts = UpdateCounts(**state["counts"])

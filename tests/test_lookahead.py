@@ -137,7 +137,7 @@ def test_reconstruct_with_lookahead_encoder_decodes_exactly():
     goals = torch.rand(5, 1, 8, 8) * 2 - 1
     recon = reconstruct(agent, x1, rates, goals, batch_size=2, keep_float=True, encoder="lookahead", beam_width=2)
     assert torch.equal(decode(agent, x1, rates, recon.codes), recon.finals)
-    with pytest.raises(EvaluationError, match="encoder must be one of q, lookahead, got 'vae'"):
+    with pytest.raises(EvaluationError, match="encoder must be one of q, lookahead for this model, got 'vae'"):
         reconstruct(agent, x1, rates, goals, encoder="vae")
 
 

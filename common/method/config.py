@@ -17,7 +17,8 @@ from common.errors import ConfigError
 InitialState = Literal["zeros", "data_mean"]
 INITIAL_STATES = ("zeros", "data_mean")
 LOSS_REDUCTIONS = ("sum", "mean")
-BEHAVIOURS = ("q", "lookahead")
+BEHAVIOURS = ("q", "lookahead", "afterstate")
+CANDIDATE_BEHAVIOURS = ("lookahead", "afterstate")  # those that score the A proposals' next states
 Q_TARGETS = ("sampled", "all_actions")
 
 
@@ -161,10 +162,12 @@ class NetworkConfig:
 class ActingConfig:
     """How the GC-agent chooses and explores (Algorithm 1) and how many goals one rollout call handles.
 
-    behaviour "q" is the paper: argmin_a Q + kappa * log S-select. "lookahead" is an extension
-    (common/method/lookahead.py): all A proposals are stepped and the nearest to the goal is kept, with a beam
-    of beam_width sequences; q_fraction of each batch's goals still act by the paper's rule, so the
-    Q-network sees the consequences of its own choices.
+    behaviour "q" is the paper: argmin_a Q + kappa * log S-select. "lookahead" and "afterstate" are extensions
+    (common/method/lookahead.py, scoring.py): all A proposals are stepped and the candidate that scores best is
+    kept, with a beam of beam_width sequences; the lookahead scores by the distance to the goal, the afterstate
+    agent by a learned value of the candidate (GoalValueNet), both plus prior_weight * -log S-select (the
+    bound's KL term; 0: off), greedily or, with `stochastic`, by a draw from the posterior. q_fraction of each
+    batch's goals still act by the paper's rule, so the Q-network sees the consequences of its own choices.
     """
 
     kappa: float = 0.05  # weight of the malus kappa * log S-select(a | x, h)
@@ -172,6 +175,8 @@ class ActingConfig:
     behaviour: str = "q"  # "q" (the paper) or "lookahead" (extension)
     beam_width: int = 1  # lookahead: partial sequences kept per goal (1: greedy one-step lookahead)
     q_fraction: float = 0.0  # lookahead: share of goals acted by the paper's Q + malus rule instead
+    prior_weight: float = 0.0  # kappa' of the candidate score's -log S-select term (per-pixel distance per nat)
+    stochastic: bool = False  # draw the candidate from softmax(-score / prior_weight) instead of the argmin
     bf16: bool | str = "auto"  # acting's forward passes under bfloat16 autocast (speed; states stay float32);
     # "auto": on where the device computes bfloat16 natively (common/device.resolve_bf16)
 
@@ -181,7 +186,12 @@ class ActingConfig:
         check_choice("acting.behaviour", self.behaviour, BEHAVIOURS)
         check_positive_int("acting.beam_width", self.beam_width)
         check_fraction("acting.q_fraction", self.q_fraction)
+        check_non_negative("acting.prior_weight", self.prior_weight)
+        check_bool("acting.stochastic", self.stochastic)
         check_precision("acting.bf16", self.bf16)
+        if self.stochastic and not (self.prior_weight > 0 and self.beam_width == 1):
+            raise ConfigError(f"acting.stochastic needs acting.prior_weight > 0 (the posterior's temperature) and "
+                              f"acting.beam_width = 1, got {self.prior_weight!r} and {self.beam_width!r}")
 
 
 @dataclass(frozen=True)
@@ -205,6 +215,9 @@ class LearningConfig:
     # and all A Q-values are regressed (exact goal loss at h = H, Double-DQN bootstrap before)
     bf16: bool | str = "auto"  # the updates' forward passes under bfloat16 autocast (speed; weights stay float32);
     # "auto": as acting.bf16
+    demo_margin: float = 0.0  # extension: large-margin loss making GC-select-Qnet prefer the acting GC-agent's
+    # choices by this much (in Q units, the per-pixel loss), as DQfD learns from a demonstrator; 0: off
+    demo_weight: float = 1.0  # weight of that loss beside the Double-DQN regression
 
     def __post_init__(self):
         check_unit_interval("learning.rho", self.rho)
@@ -215,6 +228,8 @@ class LearningConfig:
             check_positive_int(f"learning.{name}", getattr(self, name))
         check_choice("learning.q_target", self.q_target, Q_TARGETS)
         check_precision("learning.bf16", self.bf16)
+        check_non_negative("learning.demo_margin", self.demo_margin)
+        check_non_negative("learning.demo_weight", self.demo_weight)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
-"""The lookahead GC-agent (an extension of the paper): choose selections by comparing the proposals directly.
+"""The candidate GC-agents (extensions of the paper): choose selections by scoring the proposals' next states.
 
 The paper's GC-agent picks a_h = argmin_a GC-select-Qnet(x_h, h, goal)_a, which cannot tell codes apart
 before the proposal network has made them different. The lookahead computes all A proposals at step h in
-one batched call, steps each with eq. (5), and keeps the candidates whose next state x_{h+1} is nearest
-the goal. With a beam of K it keeps the K best partial selection sequences per goal (K = 1 is the greedy
-lookahead); at h = H the distance is the goal loss itself, so the last choice is exact.
+one batched call, steps each with eq. (5), and keeps the candidates whose next state x_{h+1} scores best:
+nearest the goal by default, or by a learned afterstate value, with or without the S-agent's prior
+(common/method/scoring.py). With a beam of K it keeps the K best partial selection sequences per goal
+(K = 1 is greedy); at h = H the value is the goal loss itself, so the last choice is exact.
 
 Read as amortised EM: this is an approximate E-step (a search for the best code of each goal under the
 current proposal network); the unfolded proposal update is the M-step. Pure tensors, no Ray, no replay.
@@ -17,6 +18,7 @@ import torch
 from common.method.mdp import goal_loss, transition
 from common.method.networks import ProposalUNet
 from common.method.rollout import Trajectories, goal_conditioned_rollout
+from common.method.scoring import CandidateScoring
 
 
 FAN_OUT_ROWS = 256  # U-Net rows per call: on a CPU the cost per row triples past ~512 rows (cache)
@@ -41,11 +43,6 @@ def _fan_out(proposal: ProposalUNet, state: torch.Tensor, step: torch.Tensor, al
     return nxt.view(batch, num, *state.shape[1:])
 
 
-def distance_to_goal(candidates: torch.Tensor, goals: torch.Tensor) -> torch.Tensor:
-    """Per-pixel squared distance of candidate states to their goal: [B, K, C, H, W], [B, C, H, W] -> [B, K]."""
-    return (candidates - goals.unsqueeze(1)).pow(2).flatten(2).mean(dim=2)
-
-
 def _gather_rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """tensor [B, N, ...], index [B, K] -> [B, K, ...]."""
     shape = index.shape + (1,) * (tensor.dim() - 2)
@@ -54,23 +51,28 @@ def _gather_rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def lookahead_rollout(proposal: ProposalUNet, x1: torch.Tensor, goals: torch.Tensor, rates: torch.Tensor,
-                      sigma: float, beam_width: int = 1, loss_reduction: str = "mean") -> Trajectories:
+                      sigma: float, beam_width: int = 1, loss_reduction: str = "mean",
+                      scoring: CandidateScoring | None = None) -> Trajectories:
     """Beam search over selection sequences towards B goals: x1 [C, H, W], goals [B, C, H, W], rates [H].
 
-    Returns the best sequence found for each goal, with its states, as the GC-agent's episode.
-    Cost: K * A proposal rows per goal and step (K = beam_width).
+    Each candidate's score is its path's prior cost plus its value (common/method/scoring.py; by default the
+    distance alone: the lookahead). Returns the best sequence found for each goal, with its states, as the
+    GC-agent's episode. Cost: K * A proposal rows per goal and step (K = beam_width).
     """
-    batch, num = goals.shape[0], proposal.num_proposals
+    scoring = scoring or CandidateScoring()
+    batch, num, horizon = goals.shape[0], proposal.num_proposals, rates.shape[0]
     beams = x1.expand(batch, 1, *x1.shape)  # [B, k, C, H, W], k = 1 before the first step
+    cost = goals.new_zeros(batch, 1, dtype=torch.float32)  # [B, k]: the prior cost of each beam's path
     states, parents, choices = [beams], [], []
-    for h in range(rates.shape[0]):
+    for h in range(horizon):
         k = beams.shape[1]
         flat = beams.reshape(batch * k, *x1.shape)
         step = torch.full((batch * k,), h, dtype=torch.long, device=goals.device)
         candidates = proposal_fan_out(proposal, flat, step, rates[h].expand(batch * k))
         candidates = candidates.view(batch, k * num, *x1.shape)  # candidate j: beam j // A, selection j % A
-        keep = distance_to_goal(candidates, goals).topk(min(beam_width, k * num), dim=1, largest=False).indices
-        beams = _gather_rows(candidates, keep)
+        path_cost = cost.repeat_interleave(num, dim=1) + scoring.prior_cost(flat, step, num).view(batch, k * num)
+        keep = scoring.choose(path_cost + scoring.values(candidates, h + 1, goals, horizon), beam_width)
+        beams, cost = _gather_rows(candidates, keep), path_cost.gather(1, keep)
         parents.append(keep // num)
         choices.append(keep % num)
         states.append(beams)
@@ -93,10 +95,11 @@ def _best_path(states: list[torch.Tensor], parents: list[torch.Tensor], choices:
 
 
 def gc_agent_rollout(agent, x1: torch.Tensor, goals: torch.Tensor, rates: torch.Tensor, mdp, acting) -> Trajectories:
-    """Algorithm 1 with the configured behaviour: the paper's Q + malus rule, the lookahead, or a mix.
+    """Algorithm 1 with the configured behaviour: the paper's Q + malus rule, a candidate-scoring agent (the
+    lookahead or the afterstate agent), or a mix.
 
-    With behaviour "lookahead", the first round(q_fraction * B) goals act by the paper's rule and the
-    rest by the lookahead; the episodes come back in the goals' order.
+    With a candidate-scoring behaviour, the first round(q_fraction * B) goals act by the paper's rule and the
+    rest by the candidate scoring; the episodes come back in the goals' order.
     """
     if acting.behaviour == "q":
         return goal_conditioned_rollout(agent, x1, goals, rates, acting.kappa, mdp.sigma, mdp.loss_reduction)
@@ -107,5 +110,5 @@ def gc_agent_rollout(agent, x1: torch.Tensor, goals: torch.Tensor, rates: torch.
                                               mdp.loss_reduction))
     if by_q < goals.shape[0]:
         parts.append(lookahead_rollout(agent.proposal, x1, goals[by_q:], rates, mdp.sigma, acting.beam_width,
-                                       mdp.loss_reduction))
+                                       mdp.loss_reduction, CandidateScoring.for_acting(agent, acting)))
     return Trajectories(*(torch.cat([getattr(p, f) for p in parts]) for f in ("states", "selections", "final_loss")))

@@ -72,3 +72,25 @@ def all_action_targets(next_q_online: torch.Tensor, next_q_target: torch.Tensor,
     best = next_q_online.argmin(dim=2, keepdim=True)
     bootstrap = next_q_target.gather(2, best).squeeze(2)
     return torch.where(is_last.unsqueeze(1), final_loss, bootstrap)
+
+
+def afterstate_targets(next_value_target: torch.Tensor, next_distance: torch.Tensor,
+                       next_is_final: torch.Tensor) -> torch.Tensor:
+    """The afterstate value's Double-DQN target for V(x_{h+1}, h + 1, goal) (extension): [B] x3 -> [B].
+
+    x_{h+2} is the afterstate the GC-agent moved to next: the argmin of the online V over the next fan-out,
+    taken when it acted; the target network values it. Where x_{h+2} is the last state, the target is its
+    exact per-pixel goal loss (next_distance), and nothing is bootstrapped.
+    """
+    return torch.where(next_is_final, next_distance, next_value_target)
+
+
+def demonstration_margin_loss(q_values: torch.Tensor, demonstrated: torch.Tensor, margin: float) -> torch.Tensor:
+    """Large-margin imitation of a demonstrator's choices by the Q-network (DQfD, Hester et al. 2018), in the
+    paper's min convention: Q(a_E) - min_a [Q(a) - margin * 1(a != a_E)], zero once a_E is the argmin by margin.
+
+    q_values [B, A], demonstrated [B] long -> scalar mean.
+    """
+    penalty = torch.full_like(q_values, margin).scatter_(1, demonstrated.unsqueeze(1), 0.0)
+    chosen = q_values.gather(1, demonstrated.unsqueeze(1)).squeeze(1)
+    return (chosen - (q_values - penalty).min(dim=1).values).mean()

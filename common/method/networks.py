@@ -153,16 +153,42 @@ class GoalQNet(nn.Module):
         return self.head(self.trunk(torch.cat([state, goal, self.embedding(step)], dim=1)))
 
 
-class VAgent(nn.Module):
-    """The paper's variational agent: S-agent (proposal + selection) and GC-agent (goal Q-network).
+class GoalValueNet(nn.Module):
+    """The afterstate GC-agent's value (an extension): V(x', h', goal), the per-pixel goal loss still expected
+    from the state x' reached after h' steps, so that Q(x_h, a, goal) = V(x_h + alpha_h y_a(x_h), h + 1, goal).
 
-    Held together so weights, devices and checkpoints move as one; the Polyak target of the
-    Q-network lives with the learner, which alone needs it.
+    It sees what it values (the candidate state itself), unlike GC-select-Qnet, whose indexes mean whatever the
+    proposal network currently makes of them. Parameterised as a correction to the distance: V = ||x' - goal||^2
+    (per pixel) + f(x', h', goal) with f's last layer zero at the start, so the agent starts as the greedy
+    lookahead and learns by Double-DQN what the remaining steps can still reach.
     """
 
     def __init__(self, image_shape: ImageShape, mdp: MDPConfig, net: NetworkConfig):
+        super().__init__()
+        self.embedding = ImageEmbedding(mdp.horizon, image_shape)
+        self.trunk = SelectionTrunk(3 * image_shape[0], net)
+        self.head = nn.Linear(self.trunk.out_features, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, state: torch.Tensor, step: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        """state, goal [B, C, H, W], step [B] in [0, H) -> values [B] (lower is better: they are losses)."""
+        distance = (state.float() - goal.float()).pow(2).flatten(1).mean(dim=1)
+        correction = self.head(self.trunk(torch.cat([state, goal, self.embedding(step)], dim=1))).squeeze(1)
+        return distance + correction.float()
+
+
+class VAgent(nn.Module):
+    """The paper's variational agent: S-agent (proposal + selection) and GC-agent (goal Q-network).
+
+    Held together so weights, devices and checkpoints move as one; the Polyak targets of the Q-network
+    (and of the afterstate value network, present only when `value` asks for it) live with the learner.
+    """
+
+    def __init__(self, image_shape: ImageShape, mdp: MDPConfig, net: NetworkConfig, value: bool = False):
         super().__init__()
         self.image_shape = tuple(image_shape)
         self.proposal = ProposalUNet(image_shape, mdp, net)
         self.selection = SelectionNet(image_shape, mdp, net)
         self.goal_q = GoalQNet(image_shape, mdp, net)
+        self.goal_value = GoalValueNet(image_shape, mdp, net) if value else None

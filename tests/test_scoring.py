@@ -157,3 +157,35 @@ def test_demonstration_margin_loss_by_hand():
     demonstrated = torch.tensor([0, 0])
     # row 0: Q(a_E) = 0.3, min(0.3, 0.1 - 0.05, 0.5 - 0.05) = 0.05 -> 0.25; row 1: min(0.1, 0.35, 0.15) = 0.1 -> 0
     assert float(demonstration_margin_loss(q, demonstrated, 0.05)) == pytest.approx(0.125)
+
+
+def test_hybrid_rows_follow_the_s_agent_for_their_prefix_then_the_scored_choice():
+    torch.manual_seed(0)
+    table = [[0.9, 0.5], [0.3, 0.5], [0.1, 0.4]]  # goal 1.0, rates 1, 1, 1
+    s_select = FixedLogits([-20.0, 20.0])  # the S-agent draws selection 1
+    scoring = CandidateScoring(selection=s_select, prefix_steps=torch.tensor([0, 1, 2]))
+    out = lookahead_rollout(StepTable(table), ZERO, torch.ones(3, 1, 1, 1), torch.ones(3), 1.0, scoring=scoring)
+    # row 0: the lookahead throughout (0.9, 1.2, then 1.3 vs 1.6 -> 0); row 1: S-agent 0.5, then nearest: 1.0, 1.1;
+    # row 2: S-agent 0.5, 1.0, then the nearest of 1.1 and 1.4
+    assert out.selections.tolist() == [[0, 0, 0], [1, 1, 0], [1, 1, 0]]
+
+
+def test_hybrid_prefix_lengths_cover_one_to_h_minus_one_for_the_asked_share():
+    torch.manual_seed(0)
+    from common.method.scoring import hybrid_prefix_steps
+
+    steps = hybrid_prefix_steps(1000, 8, 0.25)
+    assert (steps[:750] == 0).all() and set(steps[750:].tolist()) == set(range(1, 8))
+    with pytest.raises(ConfigError, match="s_prefix_fraction needs acting.beam_width = 1"):
+        ActingConfig(behaviour="lookahead", s_prefix_fraction=0.5, beam_width=2)
+
+
+def test_sampling_temperature_and_top_k_shape_s_select():
+    from common.method.rollout import selection_distribution
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    assert torch.allclose(selection_distribution(logits), torch.softmax(logits, dim=1))
+    top2 = selection_distribution(logits, top_k=2)
+    assert torch.allclose(top2, torch.tensor([[np.e / (np.e + 1), 1 / (np.e + 1), 0.0, 0.0]], dtype=torch.float32))
+    cold = selection_distribution(logits, temperature=0.05)
+    assert cold[0, 0] > 0.999  # towards the argmax

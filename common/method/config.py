@@ -177,6 +177,7 @@ class ActingConfig:
     q_fraction: float = 0.0  # lookahead: share of goals acted by the paper's Q + malus rule instead
     prior_weight: float = 0.0  # kappa' of the candidate score's -log S-select term (per-pixel distance per nat)
     stochastic: bool = False  # draw the candidate from softmax(-score / prior_weight) instead of the argmin
+    s_prefix_fraction: float = 0.0  # hybrid episodes: share of goals whose first 1..H-1 steps the S-agent draws
     bf16: bool | str = "auto"  # acting's forward passes under bfloat16 autocast (speed; states stay float32);
     # "auto": on where the device computes bfloat16 natively (common/device.resolve_bf16)
 
@@ -188,6 +189,9 @@ class ActingConfig:
         check_fraction("acting.q_fraction", self.q_fraction)
         check_non_negative("acting.prior_weight", self.prior_weight)
         check_bool("acting.stochastic", self.stochastic)
+        check_fraction("acting.s_prefix_fraction", self.s_prefix_fraction)
+        if self.s_prefix_fraction and self.beam_width != 1:
+            raise ConfigError(f"acting.s_prefix_fraction needs acting.beam_width = 1, got {self.beam_width!r}")
         check_precision("acting.bf16", self.bf16)
         if self.stochastic and not (self.prior_weight > 0 and self.beam_width == 1):
             raise ConfigError(f"acting.stochastic needs acting.prior_weight > 0 (the posterior's temperature) and "

@@ -72,6 +72,7 @@ def lookahead_rollout(proposal: ProposalUNet, x1: torch.Tensor, goals: torch.Ten
         candidates = candidates.view(batch, k * num, *x1.shape)  # candidate j: beam j // A, selection j % A
         path_cost = cost.repeat_interleave(num, dim=1) + scoring.prior_cost(flat, step, num).view(batch, k * num)
         keep = scoring.choose(path_cost + scoring.values(candidates, h + 1, goals, horizon), beam_width)
+        keep = scoring.s_agent_override(keep, flat, step, h) if k == 1 and beam_width == 1 else keep
         beams, cost = _gather_rows(candidates, keep), path_cost.gather(1, keep)
         parents.append(keep // num)
         choices.append(keep % num)
@@ -109,6 +110,7 @@ def gc_agent_rollout(agent, x1: torch.Tensor, goals: torch.Tensor, rates: torch.
         parts.append(goal_conditioned_rollout(agent, x1, goals[:by_q], rates, acting.kappa, mdp.sigma,
                                               mdp.loss_reduction))
     if by_q < goals.shape[0]:
+        scoring = CandidateScoring.for_acting(agent, acting, goals.shape[0] - by_q, rates.shape[0])
         parts.append(lookahead_rollout(agent.proposal, x1, goals[by_q:], rates, mdp.sigma, acting.beam_width,
-                                       mdp.loss_reduction, CandidateScoring.for_acting(agent, acting)))
+                                       mdp.loss_reduction, scoring))
     return Trajectories(*(torch.cat([getattr(p, f) for p in parts]) for f in ("states", "selections", "final_loss")))

@@ -40,14 +40,18 @@ class CandidateScoring:
 
     prior_weight: float = 0.0  # kappa': weight of -log S-select(a | x_h), in per-pixel distance units per nat
     stochastic: bool = False  # draw from softmax(-score / kappa') instead of taking the argmin
-    selection: nn.Module | None = None  # S-select-net (needed when prior_weight > 0)
+    selection: nn.Module | None = None  # S-select-net (needed when prior_weight > 0 or prefix_steps is given)
     value: nn.Module | None = None  # GoalValueNet (the afterstate agent); None: the distance (the lookahead)
+    prefix_steps: torch.Tensor | None = None  # [B] long: steps the S-agent takes before the GC-agent (hybrid)
 
     @classmethod
-    def for_acting(cls, agent, acting: ActingConfig) -> CandidateScoring:
-        """The scoring of a configured behaviour ("lookahead" or "afterstate") with the agent's networks."""
+    def for_acting(cls, agent, acting: ActingConfig, batch: int = 0, horizon: int = 1) -> CandidateScoring:
+        """The scoring of a configured behaviour ("lookahead" or "afterstate") with the agent's networks; with
+        acting.s_prefix_fraction, that share of the `batch` goals gets an S-agent prefix of 1..H-1 steps."""
         value = agent.goal_value if acting.behaviour == "afterstate" else None
-        return cls(acting.prior_weight, acting.stochastic, agent.selection if acting.prior_weight else None, value)
+        prefix = hybrid_prefix_steps(batch, horizon, acting.s_prefix_fraction) if acting.s_prefix_fraction else None
+        uses_selection = acting.prior_weight or prefix is not None
+        return cls(acting.prior_weight, acting.stochastic, agent.selection if uses_selection else None, value, prefix)
 
     def prior_cost(self, parents: torch.Tensor, step: torch.Tensor, num: int) -> torch.Tensor:
         """-kappa' log S-select(a | x_h) for each parent state and selection: [M, C, H, W], [M] -> [M, A]."""
@@ -73,6 +77,29 @@ class CandidateScoring:
         if self.stochastic and self.prior_weight > 0:
             return torch.multinomial(posterior(scores, self.prior_weight), keep)
         return scores.topk(min(keep, scores.shape[1]), dim=1, largest=False).indices
+
+
+    def s_agent_override(self, keep: torch.Tensor, parents: torch.Tensor, step: torch.Tensor, h: int) -> torch.Tensor:
+        """Hybrid episodes (extension): rows still in their S-agent prefix take Algorithm 3's draw from S-select
+        instead of the scored choice. keep [B, 1] (a single beam), parents [B, C, H, W] -> keep [B, 1]."""
+        if self.prefix_steps is None or not bool((self.prefix_steps > h).any()):
+            return keep
+        probs = torch.softmax(self.selection(parents, step).float(), dim=1)
+        drawn = torch.multinomial(probs, 1)
+        return torch.where((self.prefix_steps > h).view(-1, 1).to(keep.device), drawn, keep)
+
+
+def hybrid_prefix_steps(batch: int, horizon: int, fraction: float) -> torch.Tensor:
+    """[batch] S-agent prefix lengths: round(fraction * batch) goals (the last ones) get 1..H-1 steps, the rest 0.
+
+    The proposal network is then also trained from states the S-agent itself reaches (exposure bias), and the
+    S-agent learns the GC-agent's choices there, as DAgger does.
+    """
+    steps = torch.zeros(batch, dtype=torch.long)
+    count = int(round(fraction * batch))
+    if count and horizon > 1:
+        steps[batch - count:] = torch.randint(1, horizon, (count,))
+    return steps
 
 
 def posterior(scores: torch.Tensor, temperature: float) -> torch.Tensor:

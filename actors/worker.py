@@ -53,6 +53,7 @@ class RolloutWorker:
             selections=episodes.selections.to(torch.int16).cpu().numpy(),
             goal_indices=indices.astype(np.int64),
             final_loss=episodes.final_loss.float().cpu().numpy(),
+            posteriors=episodes.selection_posteriors(self.mdp.num_proposals).to(torch.float16).cpu().numpy(),
             weight_version=self.weight_version, weight_lag=weight_lag)
 
     def load_weights(self, payload: bytes) -> None:

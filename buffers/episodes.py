@@ -19,13 +19,21 @@ from buffers.memory import Column, ReplayMemory
 STATE_DTYPES = ("float32", "float16")
 
 
-def episode_ring(image_shape: tuple[int, ...], horizon: int, capacity: int, state_dtype: str) -> ReplayMemory:
-    """A ring of `capacity` episodes: states x_1..x_{H+1}, selections a_1..a_H, goal and the final loss."""
+def episode_ring(image_shape: tuple[int, ...], horizon: int, num_proposals: int, capacity: int,
+                 state_dtype: str) -> ReplayMemory:
+    """A ring of `capacity` episodes: states x_1..x_{H+1}, selections a_1..a_H, goal, the final loss and the
+    GC-agent's posterior over each step's A selections (one-hot for a rule without one)."""
     return ReplayMemory("episodes", {
         "states": Column((horizon + 1,) + tuple(image_shape), state_dtype),  # [H+1, C, H, W]
         "selections": Column((horizon,), "int16"),
         "goal_index": Column((), "int64"),
-        "final_loss": Column((), "float32")}, capacity)
+        "final_loss": Column((), "float32"),
+        "posteriors": Column((horizon, num_proposals), "float16")}, capacity)
+
+
+def one_hot_posteriors(selections: np.ndarray, num_proposals: int) -> np.ndarray:
+    """[E, H] selections -> [E, H, A] float16 one-hot: the posteriors of episodes saved before they were kept."""
+    return np.eye(num_proposals, dtype=np.float16)[selections.astype(np.int64)]
 
 
 def episodes_needed(step_capacities: tuple[int, ...], horizon: int) -> int:
@@ -79,7 +87,8 @@ def gc_transitions(view: StepView, slots: np.ndarray, steps: np.ndarray) -> dict
 
 
 def selection_samples(view: StepView, slots: np.ndarray, steps: np.ndarray) -> dict[str, np.ndarray]:
-    """S-select samples at (slot, h): x_h, h and the GC-agent's choice a_h."""
+    """S-select samples at (slot, h): x_h, h, the GC-agent's choice a_h and its posterior over the A selections."""
     ring = view.episodes
     return {"state": ring.array("states")[slots, steps].astype(np.float32, copy=False), "step": steps,
-            "selection": ring.array("selections")[slots, steps]}
+            "selection": ring.array("selections")[slots, steps],
+            "posterior": ring.array("posteriors")[slots, steps].astype(np.float32)}

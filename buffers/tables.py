@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from buffers.episodes import episode_ring, episodes_needed, gc_transitions, selection_samples, StepView
+from buffers.episodes import (StepView, episode_ring, episodes_needed, gc_transitions, one_hot_posteriors,
+                              selection_samples)
 from buffers.memory import Column, ReplayMemory
 from buffers.rate_limiter import SampleToInsertRatio
 from common.method.config import ReplayConfig
@@ -79,7 +80,8 @@ class ReplayTables:
         h = spec.horizon
         share = lambda n: max(1, math.ceil(n / num_shards))  # noqa: E731 - each shard holds 1/S
         gc, selections = share(replay.gc_capacity), share(replay.selection_capacity)
-        self.episodes = episode_ring(spec.image_shape, h, episodes_needed((gc, selections), h), replay.state_dtype)
+        self.episodes = episode_ring(spec.image_shape, h, spec.num_proposals, episodes_needed((gc, selections), h),
+                                     replay.state_dtype)
         self.gc_transitions = StepView("gc_transitions", self.episodes, h, gc, gc_transitions)
         self.selections = StepView("selections", self.episodes, h, selections, selection_samples)
         self.proposal_sequences = ReplayMemory("proposal_sequences", {
@@ -101,7 +103,9 @@ class ReplayTables:
         """Check the batch, then store each episode once (Algorithm 1, lines 8 and 10)."""
         batch.check(self.spec)
         self.episodes.insert({"states": batch.states, "selections": batch.selections,
-                              "goal_index": batch.goal_indices, "final_loss": batch.final_loss})
+                              "goal_index": batch.goal_indices, "final_loss": batch.final_loss,
+                              "posteriors": batch.posteriors if batch.posteriors is not None
+                              else one_hot_posteriors(batch.selections, self.spec.num_proposals)})
         self.proposal_sequences.insert({"selections": batch.selections, "goal_index": batch.goal_indices})
         self.limiter.record_insert(len(batch) * self.spec.horizon)
 
@@ -190,6 +194,8 @@ class ReplayTables:
         for name in parsed["chunks"]:
             arrays, _ = unpack_arrays(read_chunk(name), "replay_episodes")
             arrays = dict(arrays, states=arrays["states"].astype(dtype)) if "states" in arrays else arrays
+            if "posteriors" not in arrays and "selections" in arrays:  # saved before posteriors were kept
+                arrays["posteriors"] = one_hot_posteriors(arrays["selections"], self.spec.num_proposals)
             self.episodes.check_state(arrays)
             self.episodes.insert(arrays)
         self.episodes.inserted_total = parsed["inserted"]["episodes"]

@@ -126,7 +126,10 @@ class Learner:
         step = _tensor(batch["step"], self.device, torch.long)
         with self._autocast():
             logits = self.agent.selection(state, step).float()
-        loss = selection_cross_entropy(logits, _tensor(batch["selection"], self.device, torch.long))
+        if self.learning.selection_targets == "soft":  # the GC-agent's posterior over the candidates (extension)
+            loss = selection_cross_entropy(logits, _tensor(batch["posterior"], self.device))
+        else:
+            loss = selection_cross_entropy(logits, _tensor(batch["selection"], self.device, torch.long))
         return self._apply("selection", loss, self.agent.selection)
 
     def update_q(self, batch: dict[str, np.ndarray]) -> float:

@@ -216,3 +216,13 @@ def test_good_insert_after_refusals_still_works():
     tables.insert(_batch(goal_indices=np.array([1, 3], np.int64)))
     assert tables.proposal_sequences.state_arrays()["goal_index"].tolist() == [7, 9, 1, 3]
     assert tables.limiter.inserts == 12
+
+
+def test_posteriors_round_trip_and_must_be_distributions():
+    soft = np.full((2, 3, 4), 0.25, np.float16)
+    back = TrajectoryBatch.from_message(_batch(posteriors=soft).to_message(), SPEC)
+    assert np.array_equal(back.posteriors, soft)
+    assert TrajectoryBatch.from_message(_batch().to_message(), SPEC).posteriors is None  # the rule's choices
+    for bad in (np.full((2, 3, 4), 0.5, np.float16), np.full((2, 3, 5), 0.2, np.float16)):
+        with pytest.raises(MessageError, match="posteriors"):
+            TrajectoryBatch.from_message(_batch(posteriors=bad).to_message(), SPEC)

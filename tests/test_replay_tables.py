@@ -266,3 +266,27 @@ def test_a_draw_is_the_held_steps_at_uniform_ages_as_a_per_transition_ring_draws
         np.testing.assert_array_equal(sample.gc_transitions[key], value[gc_ages])
     for key, value in _held(tables, "selections").items():
         np.testing.assert_array_equal(sample.selections[key], value[sel_ages])
+
+
+def test_posteriors_travel_to_the_selection_samples_and_default_to_one_hot():
+    tables = _tables()
+    soft = np.full((2, 3, 4), 0.25, np.float16)
+    tables.insert(_batch())  # no posteriors: the choices, one-hot
+    tables.insert(TrajectoryBatch(**{**vars(_batch(first_goal=3)), "posteriors": soft}))
+    held = tables.selections.state_arrays()
+    assert held["posterior"].shape == (12, 4)
+    assert np.array_equal(held["posterior"][:6], np.eye(4, dtype=np.float32)[held["selection"][:6]])
+    assert np.allclose(held["posterior"][6:], 0.25)
+
+
+def test_chunks_saved_before_posteriors_existed_restore_with_one_hot_choices():
+    source = _used_tables()
+    header, chunks = _messages(source)
+    for name, payload in list(chunks.items()):
+        arrays, meta = unpack_arrays(payload, "replay_episodes")
+        chunks[name] = pack_arrays("replay_episodes", {k: v for k, v in arrays.items() if k != "posteriors"}, meta)
+    restored = _tables(seed=5)
+    restored.restore(header, chunks.__getitem__)
+    held = restored.selections.state_arrays()
+    assert restored.sizes() == source.sizes()
+    assert np.array_equal(held["posterior"], np.eye(4, dtype=np.float32)[held["selection"]])

@@ -189,3 +189,25 @@ def test_sampling_temperature_and_top_k_shape_s_select():
     assert torch.allclose(top2, torch.tensor([[np.e / (np.e + 1), 1 / (np.e + 1), 0.0, 0.0]], dtype=torch.float32))
     cold = selection_distribution(logits, temperature=0.05)
     assert cold[0, 0] > 0.999  # towards the argmax
+
+
+def test_lookahead_posterior_is_the_likelihood_softmax_and_soft_targets_train_s_select_towards_it():
+    from common.method.scoring import posterior_temperature
+
+    out = lookahead_rollout(StepTable(TRAP), ZERO, ONE, RATES, sigma=1.0, scoring=CandidateScoring())
+    t = posterior_temperature(0.0, 1.0, 1)  # the bound's 2 sigma^2 / d with d = 1 pixel
+    first = torch.softmax(-torch.tensor([0.1 ** 2, 0.5 ** 2]) / t, dim=0)  # distances of 0.9 and 0.5 to 1.0
+    assert out.posteriors.shape == (1, 2, 2) and torch.allclose(out.posteriors[0, 0], first)
+    mdp, net = MDPConfig(horizon=2, num_proposals=4), NetworkConfig((8, 8, 16, 16), (8, 8, 16), 4)
+    torch.manual_seed(0)
+    agent = VAgent((1, 8, 8), mdp, net)
+    learner = Learner(agent, mdp, LearningConfig(selection_lr=1e-2, selection_targets="soft"),
+                      torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.zeros(1, 8, 8), torch.device("cpu"))
+    target = np.array([[0.5, 0.3, 0.2, 0.0]] * 8, np.float32)
+    batch = {"state": np.zeros((8, 1, 8, 8), np.float32), "step": np.zeros(8, np.int16),
+             "selection": np.zeros(8, np.int16), "posterior": target}
+    for _ in range(100):
+        learner.update_selection(batch)
+    with torch.no_grad():
+        learned = torch.softmax(agent.selection(torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long)), dim=1)
+    assert torch.allclose(learned[0], torch.from_numpy(target[0]), atol=0.03)

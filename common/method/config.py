@@ -20,6 +20,7 @@ LOSS_REDUCTIONS = ("sum", "mean")
 BEHAVIOURS = ("q", "lookahead", "afterstate")
 CANDIDATE_BEHAVIOURS = ("lookahead", "afterstate")  # those that score the A proposals' next states
 Q_TARGETS = ("sampled", "all_actions")
+SELECTION_TARGETS = ("hard", "soft")
 
 
 def _is_int(value) -> bool:
@@ -222,6 +223,8 @@ class LearningConfig:
     demo_margin: float = 0.0  # extension: large-margin loss making GC-select-Qnet prefer the acting GC-agent's
     # choices by this much (in Q units, the per-pixel loss), as DQfD learns from a demonstrator; 0: off
     demo_weight: float = 1.0  # weight of that loss beside the Double-DQN regression
+    selection_targets: str = "hard"  # "hard": S-select imitates the GC-agent's choices (Algorithm 2); "soft"
+    # (extension): the GC-agent's posterior over the A candidates the candidate GC-agents computed when acting
 
     def __post_init__(self):
         check_unit_interval("learning.rho", self.rho)
@@ -234,6 +237,7 @@ class LearningConfig:
         check_precision("learning.bf16", self.bf16)
         check_non_negative("learning.demo_margin", self.demo_margin)
         check_non_negative("learning.demo_weight", self.demo_weight)
+        check_choice("learning.selection_targets", self.selection_targets, SELECTION_TARGETS)
 
 
 @dataclass(frozen=True)

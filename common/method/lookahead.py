@@ -18,7 +18,7 @@ import torch
 from common.method.mdp import goal_loss, transition
 from common.method.networks import ProposalUNet
 from common.method.rollout import Trajectories, goal_conditioned_rollout
-from common.method.scoring import CandidateScoring
+from common.method.scoring import CandidateScoring, posterior, posterior_temperature
 
 
 FAN_OUT_ROWS = 256  # U-Net rows per call: on a CPU the cost per row triples past ~512 rows (cache)
@@ -63,7 +63,8 @@ def lookahead_rollout(proposal: ProposalUNet, x1: torch.Tensor, goals: torch.Ten
     batch, num, horizon = goals.shape[0], proposal.num_proposals, rates.shape[0]
     beams = x1.expand(batch, 1, *x1.shape)  # [B, k, C, H, W], k = 1 before the first step
     cost = goals.new_zeros(batch, 1, dtype=torch.float32)  # [B, k]: the prior cost of each beam's path
-    states, parents, choices = [beams], [], []
+    states, parents, choices, posteriors = [beams], [], [], []
+    temperature = posterior_temperature(scoring.prior_weight, sigma, x1.numel())
     for h in range(horizon):
         k = beams.shape[1]
         flat = beams.reshape(batch * k, *x1.shape)
@@ -71,13 +72,18 @@ def lookahead_rollout(proposal: ProposalUNet, x1: torch.Tensor, goals: torch.Ten
         candidates = proposal_fan_out(proposal, flat, step, rates[h].expand(batch * k))
         candidates = candidates.view(batch, k * num, *x1.shape)  # candidate j: beam j // A, selection j % A
         path_cost = cost.repeat_interleave(num, dim=1) + scoring.prior_cost(flat, step, num).view(batch, k * num)
-        keep = scoring.choose(path_cost + scoring.values(candidates, h + 1, goals, horizon), beam_width)
-        keep = scoring.s_agent_override(keep, flat, step, h) if k == 1 and beam_width == 1 else keep
+        scores = path_cost + scoring.values(candidates, h + 1, goals, horizon)  # [B, k*A]
+        keep = scoring.choose(scores, beam_width)
+        if beam_width == 1:  # one path: its per-step posterior over the A candidates (soft S-select targets)
+            keep = scoring.s_agent_override(keep, flat, step, h)
+            posteriors.append(posterior(scores, temperature))
         beams, cost = _gather_rows(candidates, keep), path_cost.gather(1, keep)
         parents.append(keep // num)
         choices.append(keep % num)
         states.append(beams)
-    return _best_path(states, parents, choices, goals, sigma, loss_reduction)
+    path = _best_path(states, parents, choices, goals, sigma, loss_reduction)
+    path.posteriors = torch.stack(posteriors, dim=1) if beam_width == 1 else None  # [B, H, A]
+    return path
 
 
 def _best_path(states: list[torch.Tensor], parents: list[torch.Tensor], choices: list[torch.Tensor],
@@ -113,4 +119,6 @@ def gc_agent_rollout(agent, x1: torch.Tensor, goals: torch.Tensor, rates: torch.
         scoring = CandidateScoring.for_acting(agent, acting, goals.shape[0] - by_q, rates.shape[0])
         parts.append(lookahead_rollout(agent.proposal, x1, goals[by_q:], rates, mdp.sigma, acting.beam_width,
                                        mdp.loss_reduction, scoring))
-    return Trajectories(*(torch.cat([getattr(p, f) for p in parts]) for f in ("states", "selections", "final_loss")))
+    merged = Trajectories(*(torch.cat([getattr(p, f) for p in parts]) for f in ("states", "selections", "final_loss")))
+    merged.posteriors = torch.cat([p.selection_posteriors(mdp.num_proposals) for p in parts])
+    return merged

@@ -47,7 +47,8 @@ def polyak_update(target: nn.Module, online: nn.Module, rho: float) -> None:
 def selection_cross_entropy(logits: torch.Tensor, selections: torch.Tensor) -> torch.Tensor:
     """Algorithm 2 line 7: the S-agent imitates the GC-agent's choices, -log S-select(a | x, h).
 
-    logits [B, A], selections [B] long -> scalar mean.
+    logits [B, A], selections [B] long -> scalar mean; or selections [B, A] float, the GC-agent's posterior
+    over the A selections (soft targets, an extension): -sum_a p(a) log S-select(a | x, h).
     """
     return F.cross_entropy(logits, selections)
 

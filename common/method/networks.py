@@ -63,7 +63,14 @@ def check_image_size(image_shape: ImageShape, levels: int) -> None:
 
 
 class ProposalUNet(nn.Module):
-    """S-prop-net: proposes the action y_h for selection a at step h; shared by both agents."""
+    """S-prop-net: proposes the action y_h for selection a at step h; shared by both agents.
+
+    In float32 on a CPU its activations are kept channels-last (NHWC): PyTorch's bilinear upsampling of NCHW
+    tensors converts to NHWC and back on every call. Under bf16 autocast NHWC is slower, so it stays NCHW
+    (bench/cpu_speed.py; docs/results.md, CPU speed).
+    """
+
+    channels_last = True  # on a CPU; a class attribute so benchmarks can compare both layouts
 
     def __init__(self, image_shape: ImageShape, mdp: MDPConfig, net: NetworkConfig):
         super().__init__()
@@ -82,6 +89,9 @@ class ProposalUNet(nn.Module):
         """state [B, C, H, W], step [B], selection [B] -> proposal y [B, C, H, W]."""
         index = step * self.num_proposals + selection  # A*h + a, Appendix B eq. (6)
         features = torch.cat([state, self.embedding(index)], dim=1)  # [B, 2C, H, W]
+        if self.channels_last and features.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
+            # float32 on a CPU: the same values in another layout, faster (under bf16 autocast it is slower)
+            features = features.contiguous(memory_format=torch.channels_last)
         skips = []
         for level, block in enumerate(self.down):
             if level:
@@ -91,7 +101,7 @@ class ProposalUNet(nn.Module):
         for block, skip in zip(self.up, reversed(skips[:-1])):
             features = F.interpolate(features, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             features = block(torch.cat([skip, features], dim=1))
-        return self.out(features)
+        return self.out(features).contiguous()
 
 
 class SelectionTrunk(nn.Module):

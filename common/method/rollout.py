@@ -21,6 +21,13 @@ class Trajectories:
     states: torch.Tensor  # [B, H+1, C, H, W]: x_1 .. x_{H+1}
     selections: torch.Tensor  # [B, H] long: a_1 .. a_H
     final_loss: torch.Tensor  # [B]: loss of the last step (the loss of every other step is 0)
+    posteriors: torch.Tensor | None = None  # [B, H, A]: the GC-agent's distribution over each step's selections
+
+    def selection_posteriors(self, num_proposals: int) -> torch.Tensor:
+        """[B, H, A]: the candidate GC-agents' posteriors, or one-hot choices for a rule that has none."""
+        if self.posteriors is not None:
+            return self.posteriors
+        return torch.nn.functional.one_hot(self.selections, num_proposals).float()
 
 
 def goal_conditioned_selection(q_values: torch.Tensor, selection_logits: torch.Tensor, kappa: float) -> torch.Tensor:

@@ -89,6 +89,12 @@ class CandidateScoring:
         return torch.where((self.prefix_steps > h).view(-1, 1).to(keep.device), drawn, keep)
 
 
+def posterior_temperature(prior_weight: float, sigma: float, pixels: int) -> float:
+    """The posterior's temperature in per-pixel distance units: kappa' where the prior is on, else the bound's
+    own 2 sigma^2 / d (the Gaussian likelihood exp(-d * distance / (2 sigma^2)) under a uniform prior)."""
+    return prior_weight if prior_weight > 0 else 2.0 * sigma * sigma / pixels
+
+
 def hybrid_prefix_steps(batch: int, horizon: int, fraction: float) -> torch.Tensor:
     """[batch] S-agent prefix lengths: round(fraction * batch) goals (the last ones) get 1..H-1 steps, the rest 0.
 

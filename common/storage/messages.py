@@ -94,6 +94,8 @@ class TrajectoryBatch:
     final_loss: np.ndarray  # [B] float32
     weight_version: int = 0  # version of the weights that acted
     weight_lag: int = 0  # versions the actor was behind the newest published when it acted
+    posteriors: np.ndarray | None = None  # [B, H, A] float16: the GC-agent's distribution over each step's
+    # selections (soft S-select targets); None: one-hot choices, as for the paper's rule
 
     def __len__(self) -> int:
         return self.goal_indices.shape[0]
@@ -104,6 +106,8 @@ class TrajectoryBatch:
                   "selections": self.selections.astype(np.int16, copy=False),
                   "goal_indices": self.goal_indices.astype(np.int64, copy=False),
                   "final_loss": self.final_loss.astype(np.float32, copy=False)}
+        if self.posteriors is not None:
+            arrays["posteriors"] = self.posteriors.astype(np.float16, copy=False)
         meta = {"weight_version": int(self.weight_version), "weight_lag": int(self.weight_lag)}
         return pack_arrays("trajectories", arrays, meta)
 
@@ -112,10 +116,11 @@ class TrajectoryBatch:
         """Decode and check against the receiver's spec; raises MessageError, never half-builds."""
         arrays, meta = unpack_arrays(payload, "trajectories")
         expected = {"states", "selections", "goal_indices", "final_loss"}
-        if set(arrays) != expected:
-            raise MessageError(f"trajectories message has arrays {sorted(arrays)}, expected {sorted(expected)}")
+        if set(arrays) - {"posteriors"} != expected:
+            raise MessageError(f"trajectories message has arrays {sorted(arrays)}, expected {sorted(expected)} "
+                               "and optionally posteriors")
         batch = cls(arrays["states"], arrays["selections"], arrays["goal_indices"], arrays["final_loss"],
-                     _meta_int(meta, "weight_version"), _meta_int(meta, "weight_lag"))
+                    _meta_int(meta, "weight_version"), _meta_int(meta, "weight_lag"), arrays.get("posteriors"))
         batch.check(spec)
         return batch
 
@@ -129,13 +134,24 @@ class TrajectoryBatch:
         _expect(self.selections, "selections", (b, h), "int16")
         _expect(self.goal_indices, "goal_indices", (b,), "int64")
         _expect(self.final_loss, "final_loss", (b,), "float32")
+        if self.posteriors is not None:
+            self._check_posteriors(spec)
         _in_range(self.selections, "selections", spec.num_proposals)
         _in_range(self.goal_indices, "goal_indices", spec.num_goals)
         if not (np.isfinite(self.states).all() and np.isfinite(self.final_loss).all()):
             raise MessageError("trajectories message holds non-finite states or losses")
+
         if self.weight_version < 0 or self.weight_lag < 0:
             raise MessageError(f"trajectories message has negative weight version {self.weight_version} "
                                f"or lag {self.weight_lag}")
+
+
+    def _check_posteriors(self, spec: TrajectorySpec) -> None:
+        _expect(self.posteriors, "posteriors", (len(self), spec.horizon, spec.num_proposals), "float16")
+        sums = self.posteriors.astype(np.float32).sum(axis=-1)
+        if not (np.isfinite(sums).all() and (self.posteriors >= 0).all() and np.allclose(sums, 1.0, atol=0.02)):
+            raise MessageError("trajectories message: posteriors must be distributions over the A selections "
+                               "(non-negative, each step summing to 1)")
 
 
 def _meta_int(meta: dict, key: str) -> int:

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """The ablation table of docs/results.md from bench/quality.py outputs: one markdown row per run folder.
 
-    python bench/quality_table.py runs/q-A1 runs/q-A2 ...
-    python bench/quality_table.py docs/figures/quality-runs/*.json      # the runs behind docs/results.md
+    python bench/quality_table.py runs/q-A1 runs/q-A2 ...              # the end of each run
+    python bench/quality_table.py --marks docs/figures/quality-runs/*.json   # readings at 2.5, 5, 10, 30 min
 
-Per run: its training flags, updates per minute, the first reading below 0.7x the mean baseline (minutes
-and updates) for the acting encoder, then the MSE of each encoder and the sample FID ratio at 5, 10 and
-30 minutes where the run has them. Prints; asserts nothing.
+Per run: its training flags and updates per minute; by default the last reading (MSE of each encoder, the
+S-agent's cross-entropy), the last FID reading (reconstruction and sample FID) and the first reading below
+0.7x the mean baseline; with --marks the MSE of each encoder and the sample FID ratio at 2.5, 5, 10 and 30
+minutes where the run has them. Prints; asserts nothing.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def at(report: dict, minutes: float) -> str:
 
 
 def row(folder: Path) -> str:
-    """One markdown row."""
+    """One markdown row of the marks table (--marks)."""
     report = load(folder)
     last = report["readings"][-1]
     rate = last["updates"] / max(last["minutes"], 1e-9)
@@ -62,15 +63,36 @@ def row(folder: Path) -> str:
     return "| " + " | ".join(cells + [at(report, m) for m in MARKS]) + " |"
 
 
+def final_row(folder: Path) -> str:
+    """One markdown row of the end-of-run table: the last reading and the last FID reading."""
+    report = load(folder)
+    last, fid = report["readings"][-1], (report.get("fid") or [{}])[-1]
+    rate = last["updates"] / max(last["minutes"], 1e-9)
+    mse = " / ".join(f"{e} {v:.4f}" for e, v in last["mse"].items())
+    number = lambda key, fmt: format(fid[key], fmt) if fid.get(key) is not None else "-"  # noqa: E731
+    cells = [folder.stem, " ".join(report["training_flags"]) or "(default)", f"{rate:.0f}",
+             f"{last['minutes']:.1f} / {last['updates']}", mse, number("recon_fid", ".1f"), number("sample_fid", ".1f"),
+             f"{last['s_agent_cross_entropy']:.3f}", left_mean(report)]
+    return "| " + " | ".join(cells) + " |"
+
+
 def main() -> None:
     """Header, then a row per folder given."""
-    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
-        sys.exit("usage: python bench/quality_table.py RUN_FOLDER_OR_quality.json ... (folders of bench/quality.py)")
-    marks = " | ".join(f"{m:g} min: lookahead / Q MSE" for m in MARKS)
-    print(f"| run | flags | updates/min | left the mean (min / updates) | {marks} |")
-    print("|" + " --- |" * (4 + len(MARKS)))
-    for name in sys.argv[1:]:
-        print(row(Path(name)))
+    args = [a for a in sys.argv[1:] if a != "--marks"]
+    if not args or args[0] in ("-h", "--help"):
+        sys.exit("usage: python bench/quality_table.py [--marks] RUN_FOLDER_OR_quality.json ... "
+                 "(folders of bench/quality.py)")
+    if "--marks" in sys.argv:
+        marks = " | ".join(f"{m:g} min: lookahead / Q MSE" for m in MARKS)
+        print(f"| run | flags | updates/min | left the mean (min / updates) | {marks} |")
+        print("|" + " --- |" * (4 + len(MARKS)))
+        rows = [row(Path(name)) for name in args]
+    else:
+        print("| run | flags | updates/min | minutes / updates | reconstruction MSE per encoder | recon. FID | "
+              "sample FID | S-agent CE | left the mean (min / updates) |")
+        print("|" + " --- |" * 9)
+        rows = [final_row(Path(name)) for name in args]
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":

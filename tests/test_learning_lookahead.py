@@ -1,4 +1,8 @@
-"""The default recipe learns: on 64 fixed MNIST goals the lookahead GC-agent leaves the mean baseline.
+"""The default recipe learns: on 64 fixed MNIST goals the candidate GC-agents leave the mean baseline.
+
+Both candidate GC-agents are trained: the lookahead (the default's) and the afterstate agent (its value network
+learned by Double-DQN, which must leave the mean too, acting by its own values, and move its values away from
+the plain distance it starts from).
 
 This guards what the project exists for. The budget is a number of learner updates, not seconds, so a
 busy machine makes the test slower, never failing. Measured on a quiet 2-core machine (small-lookahead,
@@ -8,6 +12,8 @@ test asks below 0.7x), 64 distinct codes for the 64 goals (the test asks 32). Th
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -26,17 +32,19 @@ LEAVE_MEAN = 0.7  # the lookahead's reconstruction MSE must fall below 0.7x the 
 MIN_DISTINCT_CODES = 32  # of the 64 goals: a model at the mean gives every goal the same code
 
 
-@pytest.fixture(scope="module")
-def trained(data_dir):
+@pytest.fixture(scope="module", params=["lookahead", "afterstate"])
+def trained(data_dir, request):
     goals = load_goals("mnist", data_dir).subset(NUM_GOALS)
     options = RunOptions(total_updates=UPDATES, seed=0, device="cpu", progress_every=30)
-    trainer = SingleProcessTrainer(small_lookahead(), goals, options)
+    config = small_lookahead()
+    config = dataclasses.replace(config, acting=dataclasses.replace(config.acting, behaviour=request.param))
+    trainer = SingleProcessTrainer(config, goals, options)
     pixels = goals.goals(np.arange(NUM_GOALS))
     baseline = float((pixels - pixels.mean(dim=0)).pow(2).mean())
     summary = trainer.run()
     learner = trainer.learner
-    after = reconstruct(learner.agent, learner.x1, learner.rates, pixels, encoder="lookahead")
-    print(f"\nlookahead learning: {summary.updates} updates in {summary.seconds:.0f}s; reconstruction MSE "
+    after = reconstruct(learner.agent, learner.x1, learner.rates, pixels, encoder=request.param)
+    print(f"\n{request.param} learning: {summary.updates} updates in {summary.seconds:.0f}s; reconstruction MSE "
           f"{after.mse:.3f} (mean baseline {baseline:.3f}, {after.mse / baseline:.2f}x), "
           f"{len({tuple(c) for c in after.codes.tolist()})} distinct codes")
     return trainer, baseline, after
@@ -60,3 +68,11 @@ def test_s_agent_samples_differ_and_leave_the_mean(trained):
                                  torch.Generator().manual_seed(0)).states[:, -1]
     spread = float((samples - samples.mean(dim=0)).pow(2).mean())  # 0 when every sample is the same blob
     assert spread > 0.3 * baseline, f"samples' spread {spread:.3f} vs the goals' {baseline:.3f}"
+
+
+def test_the_afterstate_value_learned_something_beyond_the_distance(trained):
+    trainer, _, _ = trained
+    value = trainer.learner.agent.goal_value
+    if value is None:
+        pytest.skip("the lookahead has no value network")
+    assert trainer.learner.counts.value == UPDATES and float(value.head.weight.abs().sum()) > 0

@@ -48,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=30.0, help="training minutes (measuring not counted)")
     p.add_argument("--every", type=float, default=2.5, help="minutes between readings")
+    p.add_argument("--readings-at", type=float, nargs="+", help="read at exactly these training minutes instead "
+                   "(the last one ends the run; e.g. `--readings-at 10` for one reading at the end)")
     p.add_argument("--runtime", choices=("single-process", "ray"), default="single-process")
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--data-dir", type=Path, default=REPO_ROOT.parent / "shared" / "data")
@@ -62,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         if value <= 0:
             p.error(f"{name} must be positive, got {value}")
     args.training = [a for a in rest if a != "--"]
+    if args.readings_at:
+        args.minutes = max(args.readings_at)
     return args
 
 

@@ -48,7 +48,8 @@ class QualityProbe:
         self.readings, self.snapshots = [], []
         self.fid_due = sorted(m for m in args.fid_minutes if m < args.minutes) if args.fid_samples else []
         self.started, self.measuring, self.done = None, 0.0, False
-        self.marks = reading_marks(args.every, args.minutes)
+        self.marks = sorted(args.readings_at) if getattr(args, "readings_at", None) else reading_marks(args.every,
+                                                                                                     args.minutes)
 
     def training_minutes(self) -> float:
         """Minutes since the first call, less the time spent measuring."""

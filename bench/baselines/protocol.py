@@ -51,8 +51,8 @@ def build_protocol(train: GoalSet, test: GoalSet, num_test: int, reference: int,
     cache = ReferenceCache()
     test_ref = reference_stats(scorer, test, reference, cache)
     train_ref = reference_stats(scorer, train, reference, cache)
-    floors = {"reconstruction": scorer.score(train.images[:num_test], test_ref, "floor: train vs test reference"),
-              "samples": scorer.score(test.images[:samples], train_ref, "floor: test vs train reference")}
+    floors = {"reconstruction": scorer.distance(test_ref, reference_stats(scorer, train, num_test, cache)),
+              "samples": scorer.distance(train_ref, reference_stats(scorer, test, samples, cache))}  # cached too
     bf16 = cpu_has_native_bf16() if bf16 is None else bf16
     return Protocol(test.images[:num_test], scorer, test_ref, train_ref, samples, batch_size, bf16, floors)
 

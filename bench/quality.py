@@ -39,6 +39,7 @@ from evaluation.inference import ENCODERS, encoder_of, reconstruct, sample  # no
 from evaluation.figures import line_chart, reconstructions_figure, samples_figure  # noqa: E402
 from common.method.losses import selection_cross_entropy  # noqa: E402
 from common.method.mdp import step_rates, transition  # noqa: E402
+from deploy.tracking import flat_scalars, log_points  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -106,7 +107,8 @@ class QualityProbe:
             self.done = True
             os.kill(os.getpid(), signal.SIGINT)  # both runtimes: finish the step, checkpoint, return
         self.measuring += time.monotonic() - began
-        return {"reconstruction_mse": reading["mse"][self.config.acting.behaviour], "sample_fid": None}
+        return {"reconstruction_mse": reading["mse"][self.config.acting.behaviour], "sample_fid": None,
+                "scalars": flat_scalars(reading, "quality")}  # the run's TensorBoard log gets every reading
 
     def measure(self, agent, x1: torch.Tensor, updates: int) -> dict:
         """MSE and distinct codes per encoder, the S-agent's cross-entropy, a sample grid."""
@@ -207,7 +209,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     flags = ["--runtime", args.runtime, "--dataset", args.dataset, "--data-dir", str(args.data_dir),
              "--total-updates", str(10**12), "--progress-every", "120", "--eval-every", "0",
-             "--seed", str(args.seed), *args.training]
+             "--seed", str(args.seed), "--log-dir", str(args.output / "tb"), *args.training]
     command = parse_train(flags, "quality benchmark")
     goals, test_goals = load_goals(args.dataset, args.data_dir), load_goals(args.dataset, args.data_dir, "test")
     test = test_goals.goals(np.arange(min(args.num_test, len(test_goals))))
@@ -221,6 +223,7 @@ def main(argv=None) -> None:
     summary = train(args, command, goals, probe)
     x1 = torch.zeros(goals.image_shape) if command.config.mdp.initial_state == "zeros" else goals.mean_image()
     fids = fid_results(args, goals, test_goals, probe.snapshots, x1, command.config)
+    log_points(args.output / "tb", [(f["updates"], flat_scalars(f, "quality/fid")) for f in fids])
     draw_curves(probe.readings, fids, baseline, args.output / "curve.png")
     report = {"preset": command.preset_name, "runtime": args.runtime, "training_flags": args.training,
               "config": command.config.to_dict(), "minutes": args.minutes, "baseline_mse": baseline,

@@ -100,7 +100,7 @@ def name_of(trial) -> str:
     """A Tune trial's name and folder: its index (from Tune's id, e.g. 'a1b2c_00003') and its values."""
     suffix = trial.trial_id.rpartition("_")[2]
     index = int(suffix) if suffix.isdigit() else 0
-    return trial_name(index, {key: trial.config[key] for key in sorted(trial.config)})
+    return trial_name(index, dict(trial.config))
 
 
 def make_tuner(options: SweepOptions):

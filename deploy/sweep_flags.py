@@ -256,12 +256,12 @@ def trial_flags(options: SweepOptions, params: dict, name: str) -> list[str]:
 
 
 def trial_name(index: int, params: dict) -> str:
-    """A trial's folder name: its index and values, e.g. 01-beam_width=2,proposal_lr=0.001 (full keys where
-    the short ones would clash)."""
+    """A trial's folder name: its index and values by key, e.g. 01-beam_width=2,proposal_lr=0.001 (full keys
+    where the short ones would clash)."""
     short = {key: key.rpartition(".")[2] for key in params}
     if len(set(short.values())) < len(short):
         short = {key: key for key in params}
-    values = ",".join(f"{short[k]}={format_value(v)}" for k, v in params.items())
+    values = ",".join(f"{short[key]}={format_value(params[key])}" for key in sorted(params))
     return f"{index:02d}-{values}".replace("/", "_")
 
 

@@ -4,8 +4,8 @@ The run loop (deploy/loop.py) owns a RunTracking: every --log-every seconds it r
 losses, rates and runtime readings into scalars, and hands over each evaluation (figures and the sample
 and reconstruction grids). Both runtimes write the same tags, with the learner's update count as the
 global step, so a run resumed from a checkpoint continues the same curves: its writer opens with
-TensorBoard's `purge_step` at the checkpoint's update, which hides the points an earlier process wrote
-past it (it was killed after its last checkpoint). A learner restarted by the Ray driver from an older
+TensorBoard's `purge_step` just past the checkpoint's update, which hides the points an earlier process
+wrote after it (it was killed after its last checkpoint). A learner restarted by the Ray driver from an older
 checkpoint is handled the same way. Tags (docs/tracking.md):
 
     loss/<kind>                          mean loss of each kind over the interval (proposal, q, selection)
@@ -50,9 +50,9 @@ class TensorBoardLog:
 
     def __init__(self, folder: Path, start_step: int = 0, settings: dict | None = None):
         """`start_step`: the update the run starts from (0, or a resumed checkpoint's); every point an earlier
-        writer left at or past it is dropped by TensorBoard's purge."""
+        writer left past it is dropped by TensorBoard's purge (those at it were written with the checkpoint)."""
         self.folder = Path(folder)
-        self.writer = self._open(start_step)
+        self.writer = self._open(start_step + 1 if start_step else 0)
         self.last_step = start_step
         if settings is not None:
             text = "```\n" + json.dumps(settings, indent=2) + "\n```"  # TensorBoard's text plugin reads Markdown

@@ -90,7 +90,7 @@ class Runtime(Protocol):
     def status(self) -> str:
         """Extra text for progress lines ('' for none)."""
 
-    def readings(self) -> dict[str, float]:
+    def readings(self) -> dict[str, float | None]:
         """The runtime's own values for the logged curves: replay sizes, weight staleness, restarts."""
 
     def evaluations(self) -> list[dict]:

@@ -117,11 +117,11 @@ class RunMetrics:
             self.eval_fid.set(result["sample_fid"])
         self.eval_updates.set(updates)
 
-    def readings(self) -> dict[str, float]:
+    def readings(self) -> dict[str, float | None]:
         """Plain values for the run's TensorBoard curves: items per replay memory (summed over shards), the mean
         weight lag since the last call (None when no batch was acted since), the newest weights version,
         actor restarts of every role and actors acting."""
-        totals: dict[str, float] = {}
+        totals: dict[str, float | None] = {}
         for sizes in self.replay_sizes.values():
             for memory, size in sizes.items():
                 totals[f"replay/{memory}"] = totals.get(f"replay/{memory}", 0) + size

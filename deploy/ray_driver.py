@@ -185,7 +185,7 @@ class DistributedRun:
         self.evaluated += finished
         return finished
 
-    def readings(self) -> dict[str, float]:
+    def readings(self) -> dict[str, float | None]:
         """Replay sizes, weight staleness and version, restarts and acting actors, for the logged curves."""
         return {**self.metrics.readings(), "ray/learner_restarts": self.learner.restarts}
 

@@ -77,7 +77,7 @@ class SingleProcessTrainer:
         """Nothing beyond the counters and losses: one process has no actors or shards to report."""
         return ""
 
-    def readings(self) -> dict[str, float]:
+    def readings(self) -> dict[str, float | None]:
         """Items in each replay memory; the acting weights are the learner's own, so never stale."""
         return {**{f"replay/{memory}": size for memory, size in self.replay.sizes().items()},
                 "weights/staleness": 0.0}

@@ -34,8 +34,8 @@ TAGS_DOC = "docs/tracking.md"
 class Tracker(Protocol):
     """Where a run's readings go: a TensorBoard log, a Tune trial's reports."""
 
-    def scalars(self, step: int, values: dict[str, float]) -> None:
-        """One point of each curve at learner update `step`."""
+    def scalars(self, step: int, values: dict[str, float | None]) -> None:
+        """One point of each curve at learner update `step` (None: no value this time, e.g. no batch acted)."""
 
     def evaluation(self, result: dict) -> None:
         """A finished evaluation: {"updates", "reconstruction_mse", "sample_fid", optional "images" and
@@ -63,8 +63,8 @@ class TensorBoardLog:
 
         return SummaryWriter(str(self.folder), purge_step=purge_step, flush_secs=30)
 
-    def scalars(self, step: int, values: dict[str, float]) -> None:
-        """One point per tag; a step behind the last one (a learner restarted from an older checkpoint) first
+    def scalars(self, step: int, values: dict[str, float | None]) -> None:
+        """One point per tag (None skipped); a step behind the last one (a learner restarted from an older checkpoint) first
         reopens the log there, so the curve continues from the restart, not beside the lost updates."""
         if step < self.last_step:
             self.writer.close()
@@ -122,7 +122,7 @@ class RunTracking:
             tracker.close()
 
 
-def run_scalars(runtime) -> dict[str, float]:
+def run_scalars(runtime) -> dict[str, float | None]:
     """The curves' values now: mean losses and rates over the interval, counters, the runtime's readings."""
     env_rate, update_rate = runtime.counters.rates("log")
     values = {f"loss/{kind}": value for kind, value in sorted(runtime.losses.window_means().items())}

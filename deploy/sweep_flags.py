@@ -66,7 +66,7 @@ class SweepOptions:
     num_samples: int = 1
     metric: str = "reconstruction_mse"
     asha: bool = False
-    asha_grace: float | None = None  # seconds of training before ASHA may stop a trial (None: 2 evaluations)
+    asha_grace: float | None = None  # a trial's seconds before ASHA may stop it (None: 2 evaluation periods)
     asha_reduction: float = 2.0
     trial_cpus: float = 1.0
     trial_gpus: float = 0.0

@@ -4,9 +4,9 @@ Each trial is a function trainable that trains exactly as `launch.py` does with 
 (deploy/sweep_flags.py builds them): the SingleProcessTrainer through deploy/loop.py's run loop,
 checkpoints in the usual format under <sweep>/trials/<name>/ and a TensorBoard log under
 <sweep>/tb/<name>/. Each periodic evaluation is reported to Tune (reconstruction MSE, sample FID where
-computed, updates, seconds since the trial's first step), and so is a last evaluation after the trial stops, so every trial
-is ranked on the weights it ended with. With --asha, Tune's ASHA scheduler stops the trials that trail
-at each rung of those seconds; a trial is then checkpointed at each report, so the weights it was
+computed, updates, seconds since the trial's first step), and so is a last evaluation after the trial
+stops, so every trial is ranked on the weights it ended with. With --asha, Tune's ASHA scheduler stops
+the trials that trail at each rung of those seconds; a trial is then checkpointed at each report, so the weights it was
 judged on are the ones left on disk. Trials reserve --trial-cpus/--trial-gpus on the local Ray or the
 cluster at --address. At the end a table of every trial goes to stdout and <sweep>/summary.md, and
 each trial's command line and figures to <sweep>/sweep.json.

@@ -106,12 +106,14 @@ class SweepOptions:
 def build_sweep_parser() -> OneLineParser:
     """The sweep's own flags; everything else is a training flag for every trial."""
     p = OneLineParser(prog="launch.py sweep", description="Ray Tune sweep of single-process training runs",
+                      epilog="Every other flag is a training flag each trial gets (python launch.py --help), e.g. "
+                             "--time-limit 300 --preset small. More: docs/tracking.md.",
                       allow_abbrev=False)  # an abbreviation is a training flag's, never swallowed here
     p.add_argument("--checkpoint-dir", type=Path, help="the sweep's folder (required): trials/, tb/, tune/, summary.md")
-    for kind, what in (("grid", "try each value (cartesian product of all grids)"),
-                       ("choice", "draw one value per trial"), ("uniform", "LOW,HIGH: draw uniformly"),
-                       ("loguniform", "LOW,HIGH: draw log-uniformly")):
-        p.add_argument(f"--{kind}", action="append", default=[], metavar="KEY=V1,V2", help=f"{what}; KEY is "
+    for kind, values, what in (("grid", "V1,V2", "try each value (cartesian product of all grids)"),
+                               ("choice", "V1,V2", "draw one value per trial"),
+                               ("uniform", "LOW,HIGH", "draw uniformly"), ("loguniform", "LOW,HIGH", "draw log-uniformly")):
+        p.add_argument(f"--{kind}", action="append", default=[], metavar=f"KEY={values}", help=f"{what}; KEY is "
                        "SECTION.NAME, preset or seed (repeatable)")
     p.add_argument("--num-samples", type=int, default=1, help="passes over the grid (each draws the random axes anew)")
     p.add_argument("--metric", default="reconstruction_mse", help="what trials are ranked (and ASHA stops) by: "

@@ -4,6 +4,7 @@
     python launch.py                                  # Ray, started locally, on MNIST
     python launch.py --runtime single-process         # the one-process reference trainer
     python launch.py evaluate --checkpoint runs/x     # also: sample, encode, decode (evaluation/commands.py)
+    python launch.py sweep --checkpoint-dir runs/s --grid acting.beam_width=1,2   # Ray Tune (deploy/sweep.py)
     ray submit deploy/cluster.yaml launch.py -- --num-actors 64
 
 `ray submit` copies only this file to the head node, so everything it runs comes from the installed
@@ -25,8 +26,8 @@ def train(argv: list[str]) -> int:
     """Parse flags, load the goals, run the chosen runtime."""
     from common.device import precision_line, resolve_device
     from common.method.networks import check_image_size
-    from common.storage.data import load_goals
     from deploy.cli import parse_train
+    from deploy.inputs import training_evaluation, training_goals
 
     command = parse_train(argv, DESCRIPTION)
     print(f"preset: {command.preset_name} ({'chosen' if command.preset_chosen else 'default'}), "
@@ -34,9 +35,7 @@ def train(argv: list[str]) -> int:
     print(precision_line(command.config, resolve_device(command.run.device))
           + ("" if command.runtime == "single-process" else " (Ray actors resolve auto on their own devices)"),
           flush=True)
-    goals = load_goals(command.data.dataset, command.data.data_dir, "train", command.data.download)
-    if command.data.num_goals:
-        goals = goals.subset(command.data.num_goals)
+    goals = training_goals(command)
     check_image_size(tuple(goals.image_shape), len(command.config.network.proposal_widths))  # before Ray starts
     evaluation = training_evaluation(command, goals)
     if command.runtime == "single-process":
@@ -54,22 +53,6 @@ def train(argv: list[str]) -> int:
     return 0
 
 
-def training_evaluation(command, goals):
-    """The periodic evaluation (--eval-every). The single-process trainer runs it itself, on its device; the
-    Ray driver gets what its evaluation actor needs (the test batch read here, where the data is), so the
-    evaluation runs beside the learner and learning never pauses for it."""
-    if command.evaluation.every <= 0:
-        return None
-    from common.device import resolve_device
-    from evaluation.periodic import EvaluationRequest, TrainingEvaluation
-
-    if command.runtime != "single-process":
-        return EvaluationRequest.load(command.evaluation, command.data.dataset, command.data.data_dir,
-                                      command.run.checkpoint_dir, command.ray.eval_cpus, command.ray.eval_gpus)
-    return TrainingEvaluation(command.evaluation, command.config, goals, command.data.dataset, command.data.data_dir,
-                              command.run.checkpoint_dir, resolve_device(command.run.device))
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every UserError becomes `error: ...` on one line and status 2."""
     argv = sys.argv[1:] if argv is None else argv
@@ -78,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
             from evaluation.commands import main as evaluation_main
 
             return evaluation_main(argv)
+        if argv and argv[0] == "sweep":
+            from deploy.sweep import main as sweep_main
+
+            return sweep_main(argv[1:])
         return train(argv)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)

@@ -41,6 +41,7 @@ from deploy.cli import parse_train  # noqa: E402
 from evaluation.figures import line_chart  # noqa: E402
 from evaluation.files import write_json  # noqa: E402
 from evaluation.inference import sample  # noqa: E402
+from deploy.tracking import flat_scalars, log_points  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -132,7 +133,8 @@ def training_command(args):
     and a checkpoint folder in the output unless the flags name one."""
     flags = ["--runtime", args.runtime, "--dataset", args.dataset, "--data-dir", str(args.data_dir),
              "--total-updates", str(10**12), "--progress-every", "120", "--eval-every", "0",
-             "--seed", str(args.seed), "--checkpoint-every", str(10**9), *args.training]
+             "--seed", str(args.seed), "--checkpoint-every", str(10**9), "--log-dir", str(args.output / "tb"),
+             *args.training]
     if "--checkpoint-dir" not in args.training:
         flags += ["--checkpoint-dir", str(args.output / "checkpoint")]
     return parse_train(flags, "quality benchmark")
@@ -176,6 +178,7 @@ def main(argv=None) -> int:
     x1 = torch.zeros(goals.image_shape) if command.config.mdp.initial_state == "zeros" else goals.mean_image()
     report["fid"] = fid_results(args, goals, test_goals, probe.snapshots, x1, command.config)
     write_json(args.output / "quality.json", report)
+    log_points(args.output / "tb", [(f["updates"], flat_scalars(f, "quality/fid")) for f in report["fid"]])
     draw_curves(probe.readings, report["fid"], baseline, args.output / "curve.png")
     print(f"wrote {args.output}/quality.json, curve.png, sample grids and {summary.checkpoint}", flush=True)
     return 0

@@ -20,6 +20,7 @@ import torch
 
 from common.device import resolve_bf16
 from common.method.mdp import step_rates
+from deploy.tracking import flat_scalars
 from evaluation.figures import reconstructions_figure, samples_figure
 from evaluation.inference import available_encoders, encoder_of, reconstruct, s_agent_cross_entropy, sample
 
@@ -78,7 +79,8 @@ class QualityProbe:
             self.done = True
             os.kill(os.getpid(), signal.SIGINT)  # both runtimes: finish the step, checkpoint, return
         self.measuring += time.monotonic() - began
-        return {"reconstruction_mse": reading["mse"][self.config.acting.behaviour], "sample_fid": None}
+        return {"reconstruction_mse": reading["mse"][self.config.acting.behaviour], "sample_fid": None,
+                "scalars": flat_scalars(reading, "quality")}  # the run's TensorBoard log gets every reading
 
     def _keep_snapshot(self, agent, minutes: float, updates: int, acting_images: torch.Tensor) -> None:
         """At an FID time (and at the end, when FID is on) keep what scoring after training needs."""

@@ -40,6 +40,9 @@ def build_parser(description: str) -> OneLineParser:
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="the single-process trainer's device (the Ray learner's follows --learner-gpus)")
     p.add_argument("--threads", type=int, help="torch CPU threads of the single-process trainer (default: torch's)")
     p.add_argument("--progress-every", type=float, default=RunOptions.progress_every, help="seconds")
+    p.add_argument("--log-dir", help="TensorBoard log folder of this run, or none (default: <checkpoint-dir>/tb; "
+                                     "none without --checkpoint-dir)")
+    p.add_argument("--log-every", type=float, default=RunOptions.log_every, help="seconds between logged points")
     g = p.add_argument_group("evaluation during training")
     g.add_argument("--eval-every", type=float, default=EvalOptions.every, help="seconds between evaluations (0: off)")
     g.add_argument("--eval-test-goals", type=int, default=EvalOptions.test_goals, help="test images reconstructed")
@@ -108,7 +111,18 @@ def _parse_set(item: str) -> dict:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {item!r}: cannot parse value {text!r}") from exc
-    return {section: {name: value}}
+    return {section: {name: plain_number(value)}}
+
+
+def plain_number(value):
+    """A string YAML 1.1 leaves unparsed but Python reads as a number ('3e-4', '1e3') as that float, so
+    `--set learning.proposal_lr=3e-4` means what it says; anything else unchanged."""
+    if isinstance(value, str) and any(c.isdigit() for c in value):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def check_writable_checkpoint_dir(run: RunOptions) -> None:
@@ -152,13 +166,24 @@ def parse_train(argv: list[str], description: str) -> TrainCommand:
     run = RunOptions(total_updates=args.total_updates, time_limit=args.time_limit,
                      checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
                      keep_checkpoints=args.keep_checkpoints, resume=args.resume, seed=args.seed,
-                     device=args.device, progress_every=args.progress_every, threads=args.threads)
+                     device=args.device, progress_every=args.progress_every, threads=args.threads,
+                     log_dir=log_dir(args.log_dir, args.checkpoint_dir), log_every=args.log_every)
     command = TrainCommand(args.runtime, name, args.preset is not None, config,
                            DataOptions(args.dataset, args.data_dir, args.download, args.num_goals), run,
                            EvalOptions(args.eval_every, args.eval_test_goals, args.eval_fid_samples), ray_settings(args))
     check_fresh_checkpoint_dir(run)
     check_writable_checkpoint_dir(run)
     return command
+
+
+def log_dir(flag: str | None, checkpoint_dir: Path | None) -> Path | None:
+    """--log-dir as given ('none': no log), else <checkpoint-dir>/tb; a run that writes no checkpoints writes
+    no log either (like its evaluation files), unless --log-dir asks for one."""
+    if flag is None:
+        return checkpoint_dir / "tb" if checkpoint_dir is not None else None
+    if not flag.strip():
+        raise ConfigError("--log-dir needs a folder, or none to write no TensorBoard log")
+    return None if flag.strip().lower() == "none" else Path(flag)
 
 
 def ray_settings(args: argparse.Namespace) -> RaySettings:

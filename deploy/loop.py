@@ -2,8 +2,9 @@
 
 A runtime (deploy/single_process.py, deploy/ray_driver.py) is any object with the small Runtime
 interface below: it advances training by one unit of its own (one act-or-learn turn in one process,
-a slice of learning and a poll of the actors on Ray), reports counters and losses, saves checkpoints
-and releases its processes. Everything about *when* (stop, save, print) lives here, once.
+a slice of learning and a poll of the actors on Ray), reports counters, losses, readings and
+evaluations, saves checkpoints and releases its processes. Everything about *when* (stop, save, print,
+log to TensorBoard) lives here, once.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from common.storage.data import GoalSet
 from common.storage.run_state import check_compatible
 from deploy.progress import LossTracker, ProgressPrinter, Throughput
 from deploy.settings import RunOptions
+from deploy.tracking import RunTracking, open_log
+from evaluation.periodic import describe
 
 
 @dataclass
@@ -54,6 +57,7 @@ class ResumePoint:
         counters.env_steps = int(saved.get("env_steps", 0))
         counters.trajectories = int(saved.get("trajectories", 0))
         counters.updates = self.updates
+        counters.rebase()
 
 
 def load_resume(options: RunOptions, config: ExperimentConfig, goals: GoalSet, num_shards: int,
@@ -78,6 +82,7 @@ class Runtime(Protocol):
 
     counters: Throughput
     losses: LossTracker
+    config: ExperimentConfig
 
     def advance(self) -> int:
         """One unit of training; returns the learner's total step count."""
@@ -85,8 +90,11 @@ class Runtime(Protocol):
     def status(self) -> str:
         """Extra text for progress lines ('' for none)."""
 
-    def evaluations(self) -> list[str]:
-        """Progress-line texts of evaluations finished (or run) since the last call."""
+    def readings(self) -> dict[str, float | None]:
+        """The runtime's own values for the logged curves: replay sizes, weight staleness, restarts."""
+
+    def evaluations(self) -> list[dict]:
+        """Evaluations finished (or run) since the last call, each labelled with its "updates"."""
 
     def save(self) -> str | None:
         """A periodic checkpoint now; its path, or None when none was written."""
@@ -106,28 +114,51 @@ def stop_reason(steps: int, options: RunOptions, stop: StopSignal, started: floa
     return None
 
 
-def run_loop(runtime: Runtime, options: RunOptions) -> RunSummary:
-    """Train until --total-updates, --time-limit or SIGINT/SIGTERM; every exit path leaves a final checkpoint."""
+def run_loop(runtime: Runtime, options: RunOptions, trackers: list | None = None) -> RunSummary:
+    """Train until --total-updates, --time-limit or SIGINT/SIGTERM; every exit path leaves a final checkpoint.
+
+    `trackers` (deploy/tracking.py) receive the curves and evaluations; by default the run's TensorBoard log
+    (--log-dir), opened here and closed at the end. Trackers passed in are left open for the caller.
+    """
     started = time.monotonic()
     progress = ProgressPrinter(options.total_updates, options.progress_every)
-    next_save = started + options.checkpoint_every
-    with StopSignal() as stop:
-        while True:
-            steps = runtime.advance()
-            reason = stop_reason(steps, options, stop, started)
-            if reason:
-                break
-            progress.maybe_print(runtime.counters, runtime.losses, runtime.status())
-            for text in runtime.evaluations():
-                progress.print(runtime.counters, runtime.losses, text)
-            if time.monotonic() >= next_save:
-                runtime.save()
-                next_save = time.monotonic() + options.checkpoint_every
-        status = runtime.status()
-        progress.print(runtime.counters, runtime.losses, f"{status + ' | ' if status else ''}stopped by {reason}")
-        path = runtime.finish()
+    owned = trackers is None
+    if owned:
+        log = open_log(options, runtime.counters.updates, runtime.config.to_dict())
+        trackers = [log] if log is not None else []
+    tracking = RunTracking(trackers, options.log_every)
+    try:
+        with StopSignal() as stop:  # a signal during the final checkpoint is a flag too, not an interrupt
+            steps, reason = _train(runtime, options, stop, progress, tracking)
+            tracking.record(runtime, steps)
+            status = runtime.status()
+            progress.print(runtime.counters, runtime.losses, f"{status + ' | ' if status else ''}stopped by {reason}")
+            path = runtime.finish()
+    finally:
+        if owned:
+            tracking.close()
     return RunSummary(steps, runtime.counters.env_steps, runtime.counters.trajectories, time.monotonic() - started,
                       dict(runtime.losses.values), reason, path)
+
+
+def _train(runtime: Runtime, options: RunOptions, stop: StopSignal, progress: ProgressPrinter,
+           tracking: RunTracking) -> tuple[int, str]:
+    """The turns of the run loop until a stop reason: (the learner's steps, the reason)."""
+    started = progress.started
+    next_save = started + options.checkpoint_every
+    while True:
+        steps = runtime.advance()
+        reason = stop_reason(steps, options, stop, started)
+        if reason:
+            return steps, reason
+        progress.maybe_print(runtime.counters, runtime.losses, runtime.status())
+        tracking.maybe_record(runtime, steps)
+        for result in runtime.evaluations():
+            progress.print(runtime.counters, runtime.losses, describe(result))
+            tracking.evaluation(result)
+        if time.monotonic() >= next_save:
+            runtime.save()
+            next_save = time.monotonic() + options.checkpoint_every
 
 
 class StopSignal:

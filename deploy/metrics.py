@@ -44,6 +44,9 @@ class RunMetrics:
         self.gc_fill: dict[str, int] = {}
         self.latest_version = -1
         self.actors_acting = 0  # rollout actors that answered the last poll having acted
+        self.replay_sizes: dict[str, dict[str, int]] = {}  # shard -> memory -> items, from the last poll
+        self.lag_sum = self.lag_count = 0  # every weight lag observed, and how many
+        self._lag_read = (0, 0)  # (lag_sum, lag_count) at the last readings()
 
     def serve(self, port: int, address: str = "0.0.0.0") -> int:
         """Start the HTTP endpoint (port 0 picks a free one); returns the port."""
@@ -73,6 +76,8 @@ class RunMetrics:
         self.trajectories_total += delta["trajectories"]
         for lag in stats["lags"]:
             self.weight_lag.observe(lag)
+        self.lag_sum += sum(stats["lags"])
+        self.lag_count += len(stats["lags"])
 
     def record_shard(self, stats: dict) -> None:
         """Fold one replay shard's stats() into sizes and insert/sample counters."""
@@ -84,6 +89,7 @@ class RunMetrics:
         for memory, size in stats["sizes"].items():
             self.replay_size.labels(shard=shard, memory=memory).set(size)
         self.gc_fill[shard] = stats["sizes"]["gc_transitions"]
+        self.replay_sizes[shard] = dict(stats["sizes"])
 
     def learner_baseline(self, updates: dict[str, int]) -> None:
         """Updates done before this process started (a resumed run), so they are not counted again."""
@@ -110,3 +116,19 @@ class RunMetrics:
         if result.get("sample_fid") is not None:
             self.eval_fid.set(result["sample_fid"])
         self.eval_updates.set(updates)
+
+    def readings(self) -> dict[str, float | None]:
+        """Plain values for the run's TensorBoard curves: items per replay memory (summed over shards), the mean
+        weight lag since the last call (None when no batch was acted since), the newest weights version,
+        actor restarts of every role and actors acting."""
+        totals: dict[str, float | None] = {}
+        for sizes in self.replay_sizes.values():
+            for memory, size in sizes.items():
+                totals[f"replay/{memory}"] = totals.get(f"replay/{memory}", 0) + size
+        lag_sum, lag_count = self.lag_sum - self._lag_read[0], self.lag_count - self._lag_read[1]
+        self._lag_read = (self.lag_sum, self.lag_count)
+        restarts = sum(sample.value for family in self.restarts.collect() for sample in family.samples
+                       if sample.name.endswith("_total"))
+        return {**totals, "weights/staleness": lag_sum / lag_count if lag_count else None,
+                "weights/version": self.latest_version, "ray/actor_restarts": restarts,
+                "ray/actors_acting": self.actors_acting}

@@ -34,7 +34,7 @@ from deploy.placement import (Placement, check_local_placement, cluster_address,
 from deploy.progress import LossTracker, Throughput
 from deploy.settings import TrainCommand
 from deploy.supervision import LearnerLost, LearnerSupervisor
-from evaluation.periodic import EvaluationRequest, TrainingEvaluation, describe
+from evaluation.periodic import EvaluationRequest, TrainingEvaluation
 from learner.actor import LearnerActor, LearnerSettings
 from learner.builder import Builder
 
@@ -179,11 +179,15 @@ class DistributedRun:
         self.counters.updates = stats["steps"]
         return stats["steps"]
 
-    def evaluations(self) -> list[str]:
-        """Progress-line texts of the evaluations finished since the last call."""
+    def evaluations(self) -> list[dict]:
+        """The evaluations finished since the last call, each labelled with the update of the weights it read."""
         finished = self._collect_evaluations()
         self.evaluated += finished
-        return [f"{describe(result)} (weights of update {result['updates']})" for result in finished]
+        return finished
+
+    def readings(self) -> dict[str, float | None]:
+        """Replay sizes, weight staleness and version, restarts and acting actors, for the logged curves."""
+        return {**self.metrics.readings(), "ray/learner_restarts": self.learner.restarts}
 
     def _collect_evaluations(self) -> list[dict]:
         """The evaluations finished since the last call (the evaluation actor's, gathered by poll()). A hook passed

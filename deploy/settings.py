@@ -48,6 +48,8 @@ class RunOptions:
     device: str = "auto"  # the single-process trainer's; the Ray learner's follows --learner-gpus
     progress_every: float = 5.0  # seconds between progress lines
     threads: int | None = None  # torch CPU threads in this process; None keeps torch's default
+    log_dir: Path | None = None  # the TensorBoard log of the run (deploy/tracking.py); None writes none
+    log_every: float = 10.0  # seconds between two points of the logged curves
 
     def __post_init__(self):
         check_positive_int("--total-updates", self.total_updates)
@@ -60,6 +62,7 @@ class RunOptions:
         check_positive("--progress-every", self.progress_every)
         if self.threads is not None:
             check_positive_int("--threads", self.threads)
+        check_positive("--log-every", self.log_every)
         if self.resume and self.checkpoint_dir is None:
             raise ConfigError("--resume needs --checkpoint-dir to find the checkpoint to continue from")
 

@@ -20,7 +20,7 @@ from common.storage.run_state import checkpoint_meta, rng_state, set_rng_state
 from deploy.loop import ResumePoint, RunSummary, load_resume, run_loop
 from deploy.progress import LossTracker, Throughput
 from deploy.settings import RunOptions
-from evaluation.periodic import TrainingEvaluation, describe
+from evaluation.periodic import TrainingEvaluation
 from learner.builder import Builder
 
 SHARDS_HINT = " on --runtime ray (the single-process runtime holds exactly 1)"
@@ -77,11 +77,21 @@ class SingleProcessTrainer:
         """Nothing beyond the counters and losses: one process has no actors or shards to report."""
         return ""
 
-    def evaluations(self) -> list[str]:
+    def readings(self) -> dict[str, float | None]:
+        """Items in each replay memory; the acting weights are the learner's own, so never stale."""
+        return {**{f"replay/{memory}": size for memory, size in self.replay.sizes().items()},
+                "weights/staleness": 0.0}
+
+    def evaluations(self) -> list[dict]:
         """The periodic evaluation of the current agent, when due (learning waits: it is one process)."""
         if self.evaluation is None or not self.evaluation.due():
             return []
-        return [describe(self.evaluation.run(self.learner.agent, self.learner.x1, self.learner.counts.steps))]
+        return [self.evaluate()]
+
+    def evaluate(self) -> dict:
+        """Evaluate the current agent now (see TrainingEvaluation.run), labelled with the learner's steps."""
+        steps = self.learner.counts.steps
+        return {**self.evaluation.run(self.learner.agent, self.learner.x1, steps), "updates": steps}
 
     def state(self) -> dict:
         """Learner, x_1, counters and every random stream: what `save` writes beside the replay."""

@@ -11,13 +11,13 @@ import math
 from pathlib import Path
 
 import torch
-from torchvision.utils import save_image
+from torchvision.utils import make_grid
 
 PADDING = 2
 
 
 def _unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 or [-1, 1] float -> float in [0, 1] on the CPU, what save_image expects."""
+    """uint8 or [-1, 1] float -> float in [0, 1] on the CPU, what make_grid expects."""
     images = images.detach().cpu()
     if images.dtype == torch.uint8:
         return images.float() / 255.0
@@ -29,30 +29,56 @@ def grid_size(rows: int, cols: int, height: int, width: int) -> tuple[int, int]:
     return cols * (width + PADDING) + PADDING, rows * (height + PADDING) + PADDING
 
 
-def save_grid(images: torch.Tensor, path: str | Path, columns: int) -> Path:
-    """Images row by row, `columns` per row."""
+def grid_pixels(images: torch.Tensor, columns: int) -> torch.Tensor:
+    """Images row by row, `columns` per row, as one uint8 [3, H', W'] picture: what a PNG written here holds
+    and what TensorBoard is given, so the two never differ."""
+    return _pixels(_unit(images), columns)
+
+
+def _pixels(unit: torch.Tensor, columns: int) -> torch.Tensor:
+    """[N, C, H, W] floats in [0, 1] -> the uint8 [3, H', W'] grid, rounded as torchvision's save_image does."""
+    grid = make_grid(unit, nrow=columns, padding=PADDING)
+    return grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+
+
+def save_pixels(pixels: torch.Tensor, path: str | Path) -> Path:
+    """Write a uint8 [C, H, W] picture as a PNG."""
+    from PIL import Image
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(_unit(images), path, nrow=columns, padding=PADDING)
+    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(path)
     return path
+
+
+def save_grid(images: torch.Tensor, path: str | Path, columns: int) -> Path:
+    """Images row by row, `columns` per row."""
+    return save_pixels(grid_pixels(images, columns), path)
+
+
+def samples_grid(samples: torch.Tensor, limit: int = 100) -> torch.Tensor:
+    """Figure 3 (right) as pixels: up to `limit` samples in a square-ish grid (10 x 10 for 100)."""
+    samples = samples[:limit]
+    return grid_pixels(samples, columns=math.ceil(math.sqrt(samples.shape[0])))
 
 
 def samples_figure(samples: torch.Tensor, path: str | Path, limit: int = 100) -> Path:
     """Figure 3 (right): up to `limit` samples in a square-ish grid (10 x 10 for 100)."""
-    samples = samples[:limit]
-    return save_grid(samples, path, columns=math.ceil(math.sqrt(samples.shape[0])))
+    return save_pixels(samples_grid(samples, limit), path)
+
+
+def pairs_grid(goals: torch.Tensor, reconstructions: torch.Tensor, pairs_per_row: int = 8,
+               limit: int = 64) -> torch.Tensor:
+    """Figure 3 (left, centre) as pixels: each goal followed by its reconstruction, 8 pairs a row."""
+    count = min(limit, goals.shape[0], reconstructions.shape[0])
+    pairs = torch.stack([_unit(goals[:count]), _unit(reconstructions[:count])], dim=1)  # [n, 2, C, H, W]
+    return _pixels(pairs.flatten(0, 1), columns=2 * min(pairs_per_row, count))
 
 
 def reconstructions_figure(goals: torch.Tensor, reconstructions: torch.Tensor, path: str | Path,
                            pairs_per_row: int = 8, limit: int = 64) -> Path:
     """Figure 3 (left, centre) side by side: each goal followed by its reconstruction, 8 pairs a row."""
-    count = min(limit, goals.shape[0], reconstructions.shape[0])
-    pairs = torch.stack([_unit(goals[:count]), _unit(reconstructions[:count])], dim=1)  # [n, 2, C, H, W]
-    columns = 2 * min(pairs_per_row, count)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(pairs.flatten(0, 1), path, nrow=columns, padding=PADDING)
-    return path
+    return save_pixels(pairs_grid(goals, reconstructions, pairs_per_row, limit), path)
 
 
 def trajectories_figure(states: torch.Tensor, path: str | Path, limit: int = 4) -> Path:

@@ -5,7 +5,8 @@ trainer with its own networks (learning waits, it is one process), the Ray runti
 with the newest published weights (learning goes on). The Ray driver only builds an EvaluationRequest,
 what that actor needs; the actor runs a WeightsEvaluator, which loads each published weights message
 into a private agent (built by learner/builder.py's Builder) and evaluates it. Nothing here imports Ray.
-The results go to the progress line, to Prometheus gauges (Ray runtime) and to <checkpoint-dir>/eval/.
+The results go to the progress line, to the run's TensorBoard log, to Prometheus gauges (Ray runtime) and to
+<checkpoint-dir>/eval/.
 """
 
 from __future__ import annotations
@@ -96,11 +97,13 @@ class TrainingEvaluation:
     Each run reconstructs a fixed test batch (the GC-agent's greedy rollouts: reconstruction MSE), draws a
     grid of S-agent samples and, with FID samples, scores that many against the training set's reference
     statistics. Samples come from a fixed seed, so the grids of successive evaluations compare. With a run
-    folder it writes <run>/eval/eval-<updates>.json and samples-<updates>.png; without one it only reports.
+    folder it writes <run>/eval/eval-<updates>.json, samples-<updates>.png and reconstructions-<updates>.png;
+    without one it only reports. Either way the result carries both grids, for the run's TensorBoard log.
     With no FID the cost is one greedy rollout of the batch and `grid_samples` samples.
     """
 
     grid_samples = 64  # the 8 x 8 grid of samples-<updates>.png
+    grid_pairs = 32  # goals beside their reconstructions in reconstructions-<updates>.png (4 rows of 8 pairs)
     batch_size = 256
     seed = 0  # of the samples: the same noise at every evaluation
 
@@ -124,37 +127,50 @@ class TrainingEvaluation:
 
     @torch.no_grad()
     def run(self, agent, x1: torch.Tensor, updates: int) -> dict:
-        """Evaluate now; {"reconstruction_mse", "sample_fid" (None without FID)}; the next one is due
-        --eval-every later. The agent is evaluated in eval mode and handed back in the mode it came in."""
+        """Evaluate now; {"reconstruction_mse", "sample_fid" (None without FID), "images"}; the next one is due
+        --eval-every later. "images" holds the sample grid and the goal/reconstruction grid as uint8
+        [3, H', W'] arrays (for TensorBoard). The agent is evaluated in eval mode and handed back in the mode
+        it came in."""
         was_training = agent.training
         agent.eval()
         x1 = x1.to(self.device)
         rates = step_rates(self.config.mdp, x1.device)
-        mse = reconstruct(agent, x1, rates, self.test_goals, self.batch_size, **encoder_of(self.config)).mse
+        recon = reconstruct(agent, x1, rates, self.test_goals, self.batch_size, **encoder_of(self.config))
         count = max(self.grid_samples, self.fid_samples)
         samples = sample(agent, x1, rates, count, self.batch_size, self.seed, keep_trajectories=0)
         fid = self.scorer.score(samples.images[:self.fid_samples]) if self.fid_samples > 0 else None
+        images = self._grids(samples.images[:self.grid_samples], recon.images)
         if self.run_dir is not None:  # a run without --checkpoint-dir: report, write nothing
-            self._write(mse, fid, samples.images[:self.grid_samples], updates)
+            self._write(recon.mse, fid, images, updates)
         agent.train(was_training)
         self._next = time.monotonic() + self.options.every
-        return {"reconstruction_mse": mse, "sample_fid": fid}
+        return {"reconstruction_mse": recon.mse, "sample_fid": fid,
+                "images": {name: pixels.numpy() for name, pixels in images.items()}}
 
-    def _write(self, mse: float, fid: float | None, grid: torch.Tensor, updates: int) -> None:
-        """eval/eval-<updates>.json and eval/samples-<updates>.png under the run folder."""
-        from evaluation.figures import samples_figure  # torchvision only where a figure is written
+    def _grids(self, samples: torch.Tensor, reconstructions: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The 8 x 8 sample grid and the first 32 test goals each beside its reconstruction, uint8 [3, H', W']."""
+        from evaluation.figures import pairs_grid, samples_grid  # torchvision only where a figure is drawn
+
+        return {"samples": samples_grid(samples, self.grid_samples),
+                "reconstructions": pairs_grid(self.test_goals, reconstructions, limit=self.grid_pairs)}
+
+    def _write(self, mse: float, fid: float | None, images: dict[str, torch.Tensor], updates: int) -> None:
+        """eval/eval-<updates>.json, samples-<updates>.png and reconstructions-<updates>.png under the run folder."""
+        from evaluation.figures import save_pixels
 
         folder = self.run_dir / "eval"
         write_json(folder / f"eval-{updates}.json",
                    {"updates": updates, "reconstruction_mse": mse, "reconstruction_mse_scale": MSE_SCALE,
                     "num_test": int(self.test_goals.shape[0]), "sample_fid": fid, "fid_samples": self.fid_samples})
-        samples_figure(grid, folder / f"samples-{updates}.png")
+        for name, pixels in images.items():
+            save_pixels(pixels, folder / f"{name}-{updates}.png")
 
 
 def describe(result: dict) -> str:
-    """The progress-line fragment of an evaluation."""
+    """The progress-line fragment of an evaluation (with the learner step of the weights it evaluated)."""
     fid = result.get("sample_fid")
-    return f"eval: recon MSE {result['reconstruction_mse']:.4f}" + (f", sample FID {fid:.2f}" if fid is not None else "")
+    return (f"eval: recon MSE {result['reconstruction_mse']:.4f}" + (f", sample FID {fid:.2f}" if fid is not None else "")
+            + (f" (weights of update {result['updates']})" if "updates" in result else ""))
 
 
 class WeightsEvaluator:

@@ -93,3 +93,13 @@ def drive(run, until, timeout: float, what: str):
         if until():
             return
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def read_log(folder: Path):
+    """Every scalar and image of a TensorBoard log folder, as TensorBoard loads them (tensorboard's
+    EventAccumulator, which also drops the points a resumed run purged)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+    log.Reload()
+    return log

@@ -146,6 +146,7 @@ BAD_NUMBERS = [
     ("--seed", "4294967296", "[0, 4294967295]"),
     ("--threads", "0", "positive integer"),
     ("--progress-every", "nan", "positive number"),
+    ("--log-every", "0", "positive number"),
     ("--eval-every", "-5", ">= 0"),
     ("--eval-every", "inf", ">= 0"),
     ("--eval-test-goals", "0", "positive integer"),

@@ -23,7 +23,7 @@ from common.errors import MessageError
 from common.storage.messages import pack_weights
 from common.method.networks import VAgent
 from common.method.presets import tiny
-from evaluation.periodic import EvalOptions, EvaluationRequest, evaluator_from_request
+from evaluation.periodic import EvalOptions, EvaluationRequest, describe, evaluator_from_request
 from actors.names import RunNames
 from deploy.coordinator import Coordinator
 from deploy.ray_driver import DistributedRun, resolve_placement
@@ -138,7 +138,7 @@ def test_learning_goes_on_while_the_actor_evaluates(run):
         steps = run.learn_slice()
         slices.append((time.time(), steps))
         run.poll()
-        texts += run.evaluations()  # what the run loop prints, one progress line each
+        texts += [describe(result) for result in run.evaluations()]  # what the run loop prints, a line each
     gauge = run.metrics.registry.get_sample_value
     assert 0 < gauge("gcrl_eval_reconstruction_mse") < 4 and gauge("gcrl_eval_updates") == results[-1]["updates"] > 0
     folder = run.checkpoint_dir / "eval"

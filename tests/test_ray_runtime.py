@@ -20,7 +20,7 @@ from buffers.replay_files import read_shard
 from common.storage.checkpoint import complete_checkpoints, load_checkpoint
 from common.method.config import ExperimentConfig
 from common.storage.messages import TrajectorySpec
-from tests.helpers import free_port, metric, run_launch, scrape, start_launch, stop_process, wait_for
+from tests.helpers import free_port, metric, read_log, run_launch, scrape, start_launch, stop_process, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +54,10 @@ def test_run_trains_and_metrics_show_throughput(data_dir, tmp_path):
     evaluations = sorted((tmp_path / "run" / "eval").glob("eval-*.json"))
     assert evaluations and (tmp_path / "run" / "eval" / evaluations[0].name.replace(".json", ".png").replace(
         "eval-", "samples-")).exists()
+    log = read_log(tmp_path / "run" / "tb")  # the driver's TensorBoard log: the same tags as one process writes
+    assert {"loss/proposal", "throughput/updates_per_second", "replay/gc_transitions", "weights/staleness",
+            "ray/learner_restarts", "eval/reconstruction_mse"} <= set(log.Tags()["scalars"])
+    assert {"eval/samples", "eval/reconstructions"} <= set(log.Tags()["images"])
 
 
 def _with_losses(samples: dict) -> dict | None:
@@ -76,6 +80,8 @@ def test_checkpoint_then_resume_restores_updates_and_replay(data_dir, tmp_path):
     assert final.manifest["updates"] == 200
     assert final.learner_state()["learner"]["counts"]["steps"] == 200
     assert [p.name for p in complete_checkpoints(checkpoints)] == ["update-000000120", "update-000000200"]
+    losses = [event.step for event in read_log(checkpoints / "tb").Scalars("loss/proposal")]
+    assert losses == sorted(set(losses)) and losses[-1] == 200 and 120 in losses  # one curve across the resume
 
 
 def test_either_runtime_resumes_the_others_checkpoint(data_dir, tmp_path):

@@ -34,6 +34,7 @@ class RunSummary:
     losses: dict[str, float]
     stopped_by: str
     checkpoint: str | None
+    stalled: str | None = None  # why this run made no learner update at all (None when it made some)
 
 
 @dataclass
@@ -91,6 +92,9 @@ class Runtime(Protocol):
     def save(self) -> str | None:
         """A periodic checkpoint now; its path, or None when none was written."""
 
+    def stall_reason(self) -> str:
+        """Why no learner update was made (what was not placed, or how far replay got), asked before finish()."""
+
     def finish(self) -> str | None:
         """Stop acting, write the final checkpoint, release every process; the checkpoint's path."""
 
@@ -108,7 +112,7 @@ def stop_reason(steps: int, options: RunOptions, stop: StopSignal, started: floa
 
 def run_loop(runtime: Runtime, options: RunOptions) -> RunSummary:
     """Train until --total-updates, --time-limit or SIGINT/SIGTERM; every exit path leaves a final checkpoint."""
-    started = time.monotonic()
+    started, first_steps = time.monotonic(), runtime.counters.updates  # a resumed run counts from its checkpoint
     progress = ProgressPrinter(options.total_updates, options.progress_every)
     next_save = started + options.checkpoint_every
     with StopSignal() as stop:
@@ -125,9 +129,10 @@ def run_loop(runtime: Runtime, options: RunOptions) -> RunSummary:
                 next_save = time.monotonic() + options.checkpoint_every
         status = runtime.status()
         progress.print(runtime.counters, runtime.losses, f"{status + ' | ' if status else ''}stopped by {reason}")
+        stalled = runtime.stall_reason() if steps == first_steps else None
         path = runtime.finish()
     return RunSummary(steps, runtime.counters.env_steps, runtime.counters.trajectories, time.monotonic() - started,
-                      dict(runtime.losses.values), reason, path)
+                      dict(runtime.losses.values), reason, path, stalled)
 
 
 class StopSignal:

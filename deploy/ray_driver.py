@@ -96,7 +96,7 @@ class DistributedRun:
         self.coordinator = Coordinator.options(name=self.names.coordinator).remote([images])
         self.x1 = self.builder.start_state(goals)
         self.checkpoint_dir = self.options.checkpoint_dir.resolve() if self.options.checkpoint_dir else None
-        self.watch, self.nodes, self.layout, self.learner_info = PlacementWatch(), {}, "", None
+        self.watch, self.nodes, self.layout, self.learner_info = PlacementWatch(), {}, [], None  # layout: last printed
         self.shards = [self._make_shard(i) for i in range(placement.num_shards)]
         self._await_placed("replay")
         self._check_checkpoint_dir()
@@ -270,12 +270,11 @@ class DistributedRun:
     def _report_layout(self) -> None:
         """Print where every process runs once all are placed, and again whenever that changes (restarts)."""
         expected = self.placement.num_actors + self.placement.num_shards + 1
-        if not self.watch.complete() or len(self.nodes) < expected:
+        layout = sorted(self.nodes.items())
+        if not self.watch.complete() or len(layout) < expected or layout == self.layout:
             return
-        line = layout_line(self.nodes)
-        if line != self.layout:
-            self.layout = line
-            print(line, flush=True)
+        self.layout = layout
+        print(layout_line(self.nodes), flush=True)
 
     def status(self) -> str:
         """Actors acting, episodes in replay and the newest weights version, for progress lines; while processes

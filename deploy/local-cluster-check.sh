@@ -70,6 +70,7 @@ install_missing() {
     local missing=()
     command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
     command -v rsync >/dev/null || missing+=(rsync)
+    command -v pgrep >/dev/null || missing+=(procps)
     command -v prometheus >/dev/null || missing+=(prometheus)
     [ ${#missing[@]} = 0 ] && return 0
     say "installing ${missing[*]} (apt-get; their services are not started)"
@@ -306,7 +307,7 @@ remove_ray_files() {
     for entry in /tmp/ray_ssh_*; do grep -qxF "$entry" "$WORK/ray-ssh.before" || rmdir "$entry" 2>/dev/null; done
     for entry in /tmp/ray-config-*; do grep -qxF "$entry" "$WORK/ray-config.before" || rm -f "$entry"; done
     for entry in /tmp/pymp-*; do  # multiprocessing folders of the Ray processes `ray stop` ended
-        grep -qxF "$entry" "$WORK/pymp.before" || ss -xl | grep -F "$entry" >/dev/null || rm -rf "$entry"
+        grep -qxF "$entry" "$WORK/pymp.before" || grep -qF "$entry" /proc/net/unix || rm -rf "$entry"
     done
     return 0
 }
@@ -326,6 +327,7 @@ main() {
     preflight
     WORK=$(mktemp -d /tmp/gcrl-cluster-check.XXXXXX)
     trap cleanup EXIT
+    trap 'exit 130' INT TERM   # a signal still runs cleanup
     remember_machine
     start_sshd
     point_shells_at_venv

@@ -192,9 +192,6 @@ class DistributedRun:
 
     def advance(self) -> int:
         """One turn of the run loop: a slice of learning, then a poll of every actor; the learner's steps."""
-        if not self._learner_started():  # waited a slice for it; the run loop may stop or report meanwhile
-            self.poll()
-            return self.counters.updates
         try:
             steps = self.learn_slice()
         except LearnerLost:
@@ -204,7 +201,10 @@ class DistributedRun:
         return steps
 
     def learn_slice(self) -> int:
-        """About a second of learner steps; returns the learner's total step count."""
+        """About a second of learner steps (or of waiting for the learner to be placed: the run loop may stop or
+        report meanwhile); returns the learner's total step count."""
+        if not self._learner_started():
+            return self.counters.updates
         stats = self.learner.train(SLICE_SECONDS, self.options.total_updates)
         self.metrics.record_learner(stats)
         self.losses.update(stats["losses"])
@@ -299,7 +299,7 @@ class DistributedRun:
 
     def save(self) -> str | None:
         """A checkpoint of the learner and every shard; skipped (with a line) if a shard is down."""
-        if self.options.checkpoint_dir is None or self.learner_info is None:  # no learner yet: nothing to save
+        if self.options.checkpoint_dir is None or not self._learner_started():  # no learner yet: nothing to save
             return None
         steps = self.counters.updates
         counters = {"env_steps": self.counters.env_steps, "trajectories": self.counters.trajectories}

@@ -78,15 +78,15 @@ def test_a_run_whose_actors_cannot_be_placed_reports_them_and_why_it_made_no_upd
 def test_a_run_with_no_learner_update_exits_non_zero_with_one_line_saying_why(data_dir, tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "launch.py"), "--runtime", "single-process", "--preset", "tiny", "--data-dir",
-         str(data_dir), "--num-goals", "256", "--time-limit", "3", "--set", "replay.min_size_to_sample=4000",
-         "--checkpoint-dir", str(tmp_path / "run")],
+         str(data_dir), "--num-goals", "256", "--time-limit", "1", "--set", "replay.gc_capacity=20000", "--set",
+         "replay.min_size_to_sample=20000", "--checkpoint-dir", str(tmp_path / "run")],  # ~1,300 steps/s here
         capture_output=True, text=True, timeout=300, cwd=REPO)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 1, result.stderr[-2000:]
     assert "done: 0 updates" in result.stdout
     assert len(errors) == 1 and re.match(r"error: no learner update in \d+s \(stopped by time-limit\): replay held "
-                                         r"\d+ of the 4000 GC", errors[0]), result.stderr
-    assert "of the 4000 GC transitions learning starts at (replay.min_size_to_sample)" in errors[0]
+                                         r"\d+ of the 20000 GC", errors[0]), result.stderr
+    assert "of the 20000 GC transitions learning starts at (replay.min_size_to_sample)" in errors[0]
 
 
 class Stalled:

@@ -8,7 +8,8 @@
     ray submit deploy/cluster.yaml launch.py -- --num-actors 64
 
 `ray submit` copies only this file to the head node, so everything it runs comes from the installed
-package; this file only dispatches and turns bad input into one line on stderr (exit status 2).
+package; this file only dispatches and turns bad input into one line on stderr (exit status 2). A training
+run that ends without a single learner update says why on one `error:` line and exits with status 1.
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ def train(argv: list[str]) -> int:
         summary = run_distributed(command, goals, evaluation)
     print(f"done: {summary.updates} updates, {summary.env_steps} env steps in {summary.seconds:.0f}s "
           f"(stopped by {summary.stopped_by}); checkpoint: {summary.checkpoint or 'none'}", flush=True)
+    if summary.stalled:  # a run that learned nothing is a failure, whatever stopped it
+        print(f"error: no learner update in {summary.seconds:.0f}s (stopped by {summary.stopped_by}): {summary.stalled}",
+              file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -37,6 +37,7 @@ class RunSummary:
     losses: dict[str, float]
     stopped_by: str
     checkpoint: str | None
+    stalled: str | None = None  # why this run made no learner update at all (None when it made some)
 
 
 @dataclass
@@ -99,6 +100,9 @@ class Runtime(Protocol):
     def save(self) -> str | None:
         """A periodic checkpoint now; its path, or None when none was written."""
 
+    def stall_reason(self) -> str:
+        """Why no learner update was made (what was not placed, or how far replay got), asked before finish()."""
+
     def finish(self) -> str | None:
         """Stop acting, write the final checkpoint, release every process; the checkpoint's path."""
 
@@ -120,7 +124,7 @@ def run_loop(runtime: Runtime, options: RunOptions, trackers: list | None = None
     `trackers` (deploy/tracking.py) receive the curves and evaluations; by default the run's TensorBoard log
     (--log-dir), opened here and closed at the end. Trackers passed in are left open for the caller.
     """
-    started = time.monotonic()
+    started, first_steps = time.monotonic(), runtime.counters.updates  # a resumed run counts from its checkpoint
     progress = ProgressPrinter(options.total_updates, options.progress_every)
     owned = trackers is None
     if owned:
@@ -133,12 +137,13 @@ def run_loop(runtime: Runtime, options: RunOptions, trackers: list | None = None
             tracking.record(runtime, steps)
             status = runtime.status()
             progress.print(runtime.counters, runtime.losses, f"{status + ' | ' if status else ''}stopped by {reason}")
+            stalled = runtime.stall_reason() if steps == first_steps else None
             path = runtime.finish()
     finally:
         if owned:
             tracking.close()
     return RunSummary(steps, runtime.counters.env_steps, runtime.counters.trajectories, time.monotonic() - started,
-                      dict(runtime.losses.values), reason, path)
+                      dict(runtime.losses.values), reason, path, stalled)
 
 
 def _train(runtime: Runtime, options: RunOptions, stop: StopSignal, progress: ProgressPrinter,

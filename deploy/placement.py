@@ -105,7 +105,7 @@ def resolve_placement(settings: RaySettings, cluster: dict, evaluating: bool = F
                      eval_cpus, eval_gpus)
 
 
-def _amount(value: float, unit: str) -> str:
+def amount(value: float, unit: str) -> str:
     """'1 GPU', '0.5 GPUs', '68 CPUs': resource counts as a person writes them."""
     text = f"{value:.2f}".rstrip("0").rstrip(".")
     return f"{text} {unit}" + ("" if text == "1" else "s")
@@ -120,13 +120,13 @@ def check_local_placement(placement: Placement, cpus: int, gpus: int) -> None:
     if p.cpus_needed() > limit + 1e-9:
         raise ConfigError(
             f"--num-actors {p.num_actors} x --actor-cpus {p.actor_cpus:g} + --learner-cpus {p.learner_cpus:g} + "
-            f"--num-replay-shards {p.num_shards} x {SHARD_CPUS:g} asks {_amount(p.cpus_needed(), 'CPU')}, more than "
+            f"--num-replay-shards {p.num_shards} x {SHARD_CPUS:g} asks {amount(p.cpus_needed(), 'CPU')}, more than "
             f"a local Ray may place on {cpus} cores (at most {OVERSUBSCRIPTION}x oversubscribed: {limit} CPUs); lower "
             "--num-actors or --actor-cpus, or pass --address to run on a cluster")
     if p.gpus_needed() > gpus + 1e-9:
         raise ConfigError(
             f"--learner-gpus {p.learner_gpus:g} + --num-actors {p.num_actors} x --actor-gpus {p.actor_gpus:g} asks "
-            f"{_amount(p.gpus_needed(), 'GPU')}, but this machine has {_amount(gpus, 'GPU')}; lower them, "
+            f"{amount(p.gpus_needed(), 'GPU')}, but this machine has {amount(gpus, 'GPU')}; lower them, "
             "or pass --address to run on a cluster")
 
 
@@ -140,5 +140,5 @@ def report_cluster_shortfall(placement: Placement, resources: dict) -> str | Non
     wanted_cpus, wanted_gpus = placement.cpus_needed(), placement.gpus_needed()
     if wanted_cpus <= cpus + 1e-9 and wanted_gpus <= gpus + 1e-9:
         return None
-    return (f"waiting for the cluster's autoscaler: the run asks {_amount(wanted_cpus, 'CPU')} and "
-            f"{_amount(wanted_gpus, 'GPU')}, the cluster has {_amount(cpus, 'CPU')} and {_amount(gpus, 'GPU')} now")
+    return (f"waiting for the cluster's autoscaler: the run asks {amount(wanted_cpus, 'CPU')} and "
+            f"{amount(wanted_gpus, 'GPU')}, the cluster has {amount(cpus, 'CPU')} and {amount(gpus, 'GPU')} now")

@@ -20,7 +20,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from actors.evaluation_actor import EvaluationClient, start_evaluation
 from actors.names import PEER_FAILURES, RunNames
 from actors.rollout_actor import ActorSettings, RolloutActor
-from buffers.shard import ReplayShard
+from buffers.shard import SHARD_CPUS, ReplayShard
 from common.errors import ConfigError, UserError
 from common.storage.checkpoint import save_checkpoint
 from common.storage.data import GoalSet
@@ -29,6 +29,7 @@ from common.storage.run_state import checkpoint_meta
 from deploy.coordinator import Coordinator
 from deploy.loop import ResumePoint, RunSummary, load_resume, run_loop
 from deploy.metrics import RunMetrics
+from deploy.pending import Ask, PlacementWatch, layout_line
 from deploy.placement import (Placement, check_local_placement, cluster_address, connect, report_cluster_shortfall,
                               resolve_placement)
 from deploy.progress import LossTracker, Throughput
@@ -95,7 +96,9 @@ class DistributedRun:
         self.coordinator = Coordinator.options(name=self.names.coordinator).remote([images])
         self.x1 = self.builder.start_state(goals)
         self.checkpoint_dir = self.options.checkpoint_dir.resolve() if self.options.checkpoint_dir else None
+        self.watch, self.nodes, self.layout, self.learner_info = PlacementWatch(), {}, [], None  # layout: last printed
         self.shards = [self._make_shard(i) for i in range(placement.num_shards)]
+        self._await_placed("replay")
         self._check_checkpoint_dir()
         self.learner = LearnerSupervisor(lambda state: self._make_learner(images, state), self.checkpoint_dir,
                                          self.settings.max_learner_restarts, self._learner_restarted,
@@ -105,15 +108,37 @@ class DistributedRun:
         self.actors = [self._make_actor(i) for i in range(placement.num_actors)]
         self.evaluator = (start_evaluation(self.names, evaluation, self.config, self.x1.numpy(), self.metrics)
                           if in_actor else EvaluationClient())
-        learner = ray.get(self.learner.handle.stats.remote())
-        self.metrics.learner_baseline(learner["updates"])
-        print(f"ray runtime: {placement.num_actors} rollout actors, {placement.num_shards} replay shards, learner on "
-              f"{learner['device']}; metrics on :{self.metrics_port}", flush=True)
+        if self.evaluator.actor is not None:
+            self.watch.track("evaluation", 0, self.evaluator.actor, Ask(placement.eval_cpus, placement.eval_gpus))
+        print(f"ray runtime: {placement.num_actors} rollout actors, {placement.num_shards} replay shards, a learner; "
+              f"metrics on :{self.metrics_port}", flush=True)
 
     def _make_shard(self, index: int):
-        return ReplayShard.options(name=self.names.shard(index), scheduling_strategy=self._shard_strategy()).remote(
+        shard = ReplayShard.options(name=self.names.shard(index), scheduling_strategy=self._shard_strategy()).remote(
             self.builder, self.placement.num_shards, index, self.options.seed,
             str(self.checkpoint_dir) if self.checkpoint_dir else None)
+        self.watch.track("replay", index, shard, Ask(SHARD_CPUS))
+        return shard
+
+    def _await_placed(self, role: str) -> None:
+        """Wait until every process of `role` is placed, saying what it waits for every --progress-every seconds."""
+        while True:
+            self.watch.refresh(timeout=self.options.progress_every)
+            if role not in self.watch.unplaced():
+                return
+            print(self.watch.waiting_line(), flush=True)
+
+    def _learner_started(self) -> bool:
+        """Whether the learner is placed; the first time it is, take its counters and say where it runs."""
+        if self.learner_info is None:
+            self.watch.refresh(timeout=SLICE_SECONDS)
+            if not self.watch.is_placed("learner"):
+                return False
+            self.learner_info = ray.get(self.learner.handle.stats.remote())
+            self.metrics.learner_baseline(self.learner_info["updates"])
+            self.nodes[("learner", 0)] = self.learner_info["node"]
+            print(f"learner started on {self.learner_info['device']}", flush=True)
+        return True
 
     def _shard_strategy(self):
         """Shards write their own checkpoint files: beside the driver, unless every node mounts --checkpoint-dir."""
@@ -136,16 +161,20 @@ class DistributedRun:
         p = self.placement
         settings = LearnerSettings(gpus=p.learner_gpus, threads=max(1, int(p.learner_cpus)),
                                    publish_every=self.settings.publish_every, seed=self.options.seed)
-        return LearnerActor.options(num_cpus=p.learner_cpus, num_gpus=p.learner_gpus).remote(
+        learner = LearnerActor.options(num_cpus=p.learner_cpus, num_gpus=p.learner_gpus).remote(
             self.builder, images, self.x1.numpy(), self.shards, self.coordinator, settings, state)
+        self.watch.track("learner", 0, learner, Ask(p.learner_cpus, p.learner_gpus))
+        return learner
 
     def _make_actor(self, index: int):
         p = self.placement
         settings = ActorSettings(gpus=p.actor_gpus, threads=max(1, int(p.actor_cpus)),
                                  seed=self.options.seed)
-        return RolloutActor.options(name=self.names.rollout(index), num_cpus=p.actor_cpus, num_gpus=p.actor_gpus,
-                                    scheduling_strategy="SPREAD").remote(
+        actor = RolloutActor.options(name=self.names.rollout(index), num_cpus=p.actor_cpus, num_gpus=p.actor_gpus,
+                                     scheduling_strategy="SPREAD").remote(
             index, self.builder, self.x1.numpy(), self.names, settings)
+        self.watch.track("rollout", index, actor, Ask(p.actor_cpus, p.actor_gpus))
+        return actor
 
     def _restore_shards(self, resume: ResumePoint) -> None:
         """Each shard reads its own files of the checkpoint, in parallel; nothing passes through here."""
@@ -172,7 +201,10 @@ class DistributedRun:
         return steps
 
     def learn_slice(self) -> int:
-        """About a second of learner steps; returns the learner's total step count."""
+        """About a second of learner steps (or of waiting for the learner to be placed: the run loop may stop or
+        report meanwhile); returns the learner's total step count."""
+        if not self._learner_started():
+            return self.counters.updates
         stats = self.learner.train(SLICE_SECONDS, self.options.total_updates)
         self.metrics.record_learner(stats)
         self.losses.update(stats["losses"])
@@ -208,15 +240,20 @@ class DistributedRun:
         """Read every actor's and shard's counters, and finished evaluations, into the metrics; dead ones are
         skipped this round."""
         before = self.metrics.env_steps_total, self.metrics.trajectories_total
+        self.watch.refresh()
         acting = 0
-        for stats in self._gather([a.stats.remote() for a in self.actors]):
+        placed = [a for i, a in enumerate(self.actors) if self.watch.is_placed("rollout", i)]  # others never answer
+        for stats in self._gather([a.stats.remote() for a in placed]):
             if stats["error"]:
                 raise RuntimeError(f"rollout actor {stats['index']} failed:\n{stats['error']}")
             self.metrics.record_rollout(stats)
+            self.nodes[("rollout", stats["index"])] = stats["node"]
             acting += stats["env_steps"] > 0
         self.metrics.actors_acting = acting
         for stats in self._gather([s.stats.remote() for s in self.shards]):
             self.metrics.record_shard(stats)
+            self.nodes[("replay", stats["index"])] = stats["node"]
+        self._report_layout()
         self.counters.env_steps += self.metrics.env_steps_total - before[0]
         self.counters.trajectories += self.metrics.trajectories_total - before[1]
         for result in self.evaluator.collect():  # never waits for an evaluation; raises if the actor failed
@@ -234,14 +271,39 @@ class DistributedRun:
                 continue
         return results
 
+    def _report_layout(self) -> None:
+        """Print where every process runs once all are placed, and again whenever that changes (restarts)."""
+        expected = self.placement.num_actors + self.placement.num_shards + 1
+        layout = sorted(self.nodes.items())
+        if not self.watch.complete() or len(layout) < expected or layout == self.layout:
+            return
+        self.layout = layout
+        print(layout_line(self.nodes), flush=True)
+
     def status(self) -> str:
-        """Actors acting, episodes in replay and the newest weights version, for progress lines."""
-        return (f"actors acting {self.metrics.actors_acting}/{self.placement.num_actors} | "
+        """Actors acting, episodes in replay and the newest weights version, for progress lines; while processes
+        are pending, how many of each role are placed and what the cluster lacks."""
+        text = (f"actors acting {self.metrics.actors_acting}/{self.placement.num_actors} | "
                 f"replay {sum(self.metrics.gc_fill.values())} | weights v{self.metrics.latest_version}")
+        return text if self.watch.complete() else f"{text} | {self.watch.waiting_line()}"
+
+    def stall_reason(self) -> str:
+        """Why no learner update was made: a process never placed, or replay short of the size learning starts at."""
+        self.watch.refresh()
+        pending = self.watch.unplaced()
+        if "learner" in pending or "replay" in pending or pending.get("rollout", 0) == self.placement.num_actors:
+            free, total = ray.available_resources(), ray.cluster_resources()
+            advice = "; lower --num-actors or the CPUs and GPUs each process asks, or add nodes" if self.watch.lacking(
+                total) else ""
+            return f"not every process it needs started: {self.watch.describe(free, total)}{advice}"
+        held, needed = sum(self.metrics.gc_fill.values()), self.config.replay.min_size_to_sample
+        return (f"replay held {held} of the {needed} GC transitions learning starts at (replay.min_size_to_sample), "
+                f"from {self.metrics.actors_acting} of {self.placement.num_actors} rollout actors; give the run more "
+                "time (--time-limit)")
 
     def save(self) -> str | None:
         """A checkpoint of the learner and every shard; skipped (with a line) if a shard is down."""
-        if self.options.checkpoint_dir is None:
+        if self.options.checkpoint_dir is None or not self._learner_started():  # no learner yet: nothing to save
             return None
         steps = self.counters.updates
         counters = {"env_steps": self.counters.env_steps, "trajectories": self.counters.trajectories}
@@ -266,6 +328,7 @@ class DistributedRun:
         """A new learner counts from its checkpoint's updates: re-baseline the metrics and count the restart."""
         self.metrics.learner_restarted(stats["updates"])
         self.counters.restart_updates(stats["steps"])
+        self.nodes[("learner", 0)] = stats["node"]
 
     def finish(self) -> str | None:
         """Stop the actors, write the final checkpoint, release every process of this run."""

@@ -93,6 +93,12 @@ class SingleProcessTrainer:
         steps = self.learner.counts.steps
         return {**self.evaluation.run(self.learner.agent, self.learner.x1, steps), "updates": steps}
 
+    def stall_reason(self) -> str:
+        """No update yet means replay has not reached the size learning starts at."""
+        held, needed = self.replay.sizes()["gc_transitions"], self.config.replay.min_size_to_sample
+        return (f"replay held {held} of the {needed} GC transitions learning starts at (replay.min_size_to_sample); "
+                "give the run more time (--time-limit) or lower that setting")
+
     def state(self) -> dict:
         """Learner, x_1, counters and every random stream: what `save` writes beside the replay."""
         return {"learner": self.learner.state_dict(), "x1": self.learner.x1.cpu(),

@@ -35,6 +35,42 @@ def test_cluster_file_passes_rays_validation(name):
 
 
 @pytest.mark.parametrize("name", CLUSTER_FILES)
+def test_cluster_files_install_into_one_environment_that_ray_submits_python_finds(name):
+    config = yaml.safe_load((REPO / name).read_text())
+    setup = config["setup_commands"]
+    assert not any("--user" in c for c in setup), "pip refuses --user in a virtual environment and under PEP 668"
+    assert "python3 -m venv --system-site-packages" in setup[0] and "GCRL_VENV" in setup[0]
+    assert "bin/activate" in setup[1] and ">> ~/.bashrc" in setup[1], "login shells must find its python and ray"
+    assert setup[2].startswith("python -m pip install") and "gcrl[eval]" in setup[2]
+
+
+@pytest.mark.parametrize("name", CLUSTER_FILES)
+def test_every_node_uses_the_heads_ray_token_and_prometheus_starts_through_its_script(name):
+    config = yaml.safe_load((REPO / name).read_text())
+    assert config["cluster_synced_files"] == ["~/.ray/auth_token"]
+    assert any("ray get-auth-token --generate" in c for c in config["head_setup_commands"])
+    starts = [c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2 and all("RAY_AUTH_MODE=token ray start" in c for c in starts)
+    assert config["head_start_ray_commands"][-1] == "bash ~/gcrl/deploy/head-prometheus.sh"
+    assert not any("pkill" in c or "nohup prometheus" in c for c in config["head_start_ray_commands"])
+    assert any("python -m deploy.datasets" in c for c in config["head_setup_commands"])
+
+
+def test_onprem_cluster_scales_on_demand_with_autoscaler_v1_and_can_share_a_host():
+    config = yaml.safe_load((REPO / "deploy/cluster-onprem.yaml").read_text())
+    prepared = ray_validate(config)
+    assert prepared["available_node_types"]["local.cluster.node"]["min_workers"] == 0  # Ray's default: every host
+    head_start = next(c for c in config["head_start_ray_commands"] if "ray start" in c)
+    assert "RAY_enable_autoscaler_v2=0" in head_start  # v2 starts every listed host at `ray up` (ray#57153)
+    workers = " ".join(config["worker_start_ray_commands"])
+    assert "ray stop" not in workers, "a worker's `ray stop` would end every Ray on its host, a head sharing it too"
+    for fixed in ("--metrics-export-port", "--object-manager-port", "--min-worker-port", "--port="):
+        assert fixed not in workers
+    assert "--node-ip-address=$(echo $SSH_CONNECTION | cut -d' ' -f3)" in workers
+    assert "/srv/gcrl-data" in config["head_setup_commands"][0], "the check substitutes this folder"
+
+
+@pytest.mark.parametrize("name", CLUSTER_FILES)
 def test_a_broken_copy_fails_rays_validation(name):
     config = yaml.safe_load((REPO / name).read_text())
     config["setup_commandz"] = config.pop("setup_commands")

@@ -126,23 +126,25 @@ def plain_number(value):
 
 
 def check_writable_checkpoint_dir(run: RunOptions) -> None:
-    """Make --checkpoint-dir now and write a probe file into it, so a folder that cannot be created or written
-    (a parent that is a file, a read-only place) is one line before training starts, not a traceback at the
-    first checkpoint after minutes of training."""
+    """Refuse a --checkpoint-dir that cannot be created or written (a parent that is a file, a read-only place)
+    in one line before training starts, not as a traceback at the first checkpoint after minutes of training.
+
+    Nothing is created: the folder itself when it exists, else its nearest existing parent, is what is checked.
+    """
     import os
-    import tempfile
 
     if run.checkpoint_dir is None:
         return
-    try:
-        run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=run.checkpoint_dir):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        where = f" ({exc.filename})" if exc.filename and os.fspath(exc.filename) != os.fspath(run.checkpoint_dir) else ""
-        raise ConfigError(f"--checkpoint-dir {run.checkpoint_dir}: cannot create or write there: {reason}{where}; "
-                          "expected a writable folder") from exc
+    folder = Path(run.checkpoint_dir).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        problem = f"{existing} is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable"
+    else:
+        return
+    raise ConfigError(f"--checkpoint-dir {run.checkpoint_dir}: cannot create or write there: {problem}; "
+                      "expected a writable folder")
 
 
 def check_fresh_checkpoint_dir(run: RunOptions) -> None:

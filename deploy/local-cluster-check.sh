@@ -158,7 +158,7 @@ prometheus_value() { py -m deploy.local_cluster query "$PROMETHEUS" "$1" 2>/dev/
 ray_up() {
     say "ray up $YAML"
     local began=$SECONDS
-    ray up -y --no-config-cache --disable-usage-stats "$YAML" >"$WORK/up.log" 2>&1 ||
+    timeout 600 ray up -y --no-config-cache --disable-usage-stats "$YAML" >"$WORK/up.log" 2>&1 ||
         { plain "$WORK/up.log" | tail -25 >&2; die "ray up failed (its last lines above)"; }
     key_lines "$WORK/up.log"
     say "ray up finished in $((SECONDS - began)) s; live nodes: $(live_nodes)"
@@ -168,7 +168,8 @@ ray_up() {
 submit() {  # submit LOG EXTRA-FLAGS...: ray submit launch.py with the job's flags; its exit status
     local log=$1 began=$SECONDS status=0
     shift
-    ray submit --no-config-cache "$YAML" "$REPO/launch.py" -- "${JOB_FLAGS[@]}" --checkpoint-dir "$RUN_DIR" "$@" \
+    # bounded (the job's own --time-limit plus set-up), so a stuck job fails the check instead of hanging CI
+    timeout 900 ray submit --no-config-cache "$YAML" "$REPO/launch.py" -- "${JOB_FLAGS[@]}" --checkpoint-dir "$RUN_DIR" "$@" \
         >"$log" 2>&1 || status=$?
     key_lines "$log"
     say "ray submit finished in $((SECONDS - began)) s (exit status $status)"
@@ -229,7 +230,7 @@ resume_job() {
 
 ray_down() {
     local began=$SECONDS
-    ray down -y "$YAML" >"$WORK/down.log" 2>&1 || { plain "$WORK/down.log" | tail -5 >&2; fail "ray down exited non-zero"; }
+    timeout 300 ray down -y "$YAML" >"$WORK/down.log" 2>&1 || { plain "$WORK/down.log" | tail -5 >&2; fail "ray down exited non-zero"; }
     touch "$WORK/down-done"
     local deadline=$((SECONDS + 20))
     while pgrep -f "prometheus --config.file=$HOME/gcrl/deploy/prometheus.yml" >/dev/null && [ $SECONDS -lt $deadline ]; do sleep 1; done

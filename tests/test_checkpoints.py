@@ -170,9 +170,14 @@ def test_keeps_only_the_newest_checkpoints(saved, data_dir, capsys):
 
 
 def test_manifest_from_before_loss_reduction_reads_as_the_per_pixel_loss():
+    import dataclasses
+
     from common.method.presets import small
     from common.storage.run_state import config_from_manifest
 
     old = small().to_dict()
     del old["mdp"]["loss_reduction"]  # what checkpoints written before the setting existed hold
-    assert config_from_manifest({"config": old}) == small()
+    restored = config_from_manifest({"config": old})
+    assert restored.mdp.loss_reduction == "mean" != small().mdp.loss_reduction
+    per_pixel = dataclasses.replace(small(), mdp=dataclasses.replace(small().mdp, loss_reduction="mean"))
+    assert restored == per_pixel

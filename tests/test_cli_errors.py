@@ -38,7 +38,7 @@ def one_error_line(capsys, argv: list[str]) -> str:
     (["--set", "learning.selection_lr=-0.001"], "got -0.001"),
     (["--set", "learning.rho=1.5"], "learning.rho must be a number in (0, 1], got 1.5"),
     (["--set", "acting.kappa=-0.1"], "acting.kappa must be a number >= 0, got -0.1"),
-    (["--set", "acting.behaviour=greedy"], "acting.behaviour must be one of q, lookahead, got 'greedy'"),
+    (["--set", "acting.behaviour=greedy"], "acting.behaviour must be one of q, lookahead, afterstate, got 'greedy'"),
     (["--set", "acting.beam_width=0"], "acting.beam_width must be a positive integer, got 0"),
     (["--set", "acting.bf16=maybe"], "acting.bf16 must be true, false or auto, got 'maybe'"),
     (["--set", "learning.bf16=1"], "learning.bf16 must be true, false or auto, got 1"),
@@ -123,7 +123,7 @@ def test_checkpoint_dir_under_a_file_is_one_line_before_anything_starts(capsys, 
     blocker.write_text("keep me")
     line = one_error_line(capsys, ["--runtime", runtime, "--preset", "tiny", "--data-dir", str(data_dir),
                                    "--checkpoint-dir", str(blocker / "run")])
-    assert f"--checkpoint-dir {blocker / 'run'}: cannot create or write there: Not a directory" in line
+    assert f"--checkpoint-dir {blocker / 'run'}: cannot create or write there: {blocker} is not a folder" in line
     assert blocker.read_text() == "keep me"
 
 

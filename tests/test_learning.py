@@ -1,10 +1,11 @@
-"""The method learns: on 16 fixed MNIST goals, two minutes of CPU training measurably improve both agents.
+"""The method learns: on 16 fixed MNIST goals, 600 learner updates measurably improve both agents.
 
-Measured on a quiet 2-core machine (small preset, seed 0, 100 s, 688 learner steps): the GC-agent's
-reconstruction MSE falls from 0.502 (random networks) to 0.247, a factor of 2.03 (the test asks 1.6);
-that is the level of the goals' mean image (0.233), which two minutes reach and a longer run breaks
-through (bench/learning_curve.py: 0.066 after 8,854 steps, 22 minutes). The S-agent's cross-entropy on the
-GC-agent's choices falls from 2.88 to 2.12 nats (the test asks a drop of 0.2).
+The budget is a number of learner updates, not seconds, so a busy or slower machine makes the test slower,
+never failing. Measured on a quiet 2-core machine (AVX-512 with native bf16; `small` preset, seed 0, 600
+updates in 72 s): the GC-agent's reconstruction MSE falls from 0.502 (random networks) to 0.228, a factor of
+2.2 (the test asks 1.6); that is the level of the goals' mean image (0.233), which this budget reaches and a
+longer run breaks through. The S-agent's cross-entropy on the GC-agent's choices falls from 2.76 to 1.59 nats
+(the test asks a drop of 0.2).
 """
 
 from __future__ import annotations
@@ -24,15 +25,15 @@ from common.method.rollout import s_agent_sample
 from deploy.settings import RunOptions
 from deploy.single_process import SingleProcessTrainer
 
-TRAIN_SECONDS = 100
-RECONSTRUCTION_FACTOR = 1.6  # required drop (measured: 2.03 on the 2-core machine, 0.502 -> 0.247)
+UPDATES = 600  # a budget in learner updates, so a busy machine makes the test slower, never failing
+RECONSTRUCTION_FACTOR = 1.6  # required drop (measured: 2.2 on the 2-core machine, 0.502 -> 0.228)
 SELECTION_DROP = 0.2  # nats the S-agent's cross-entropy must fall on the same GC choices
 
 
 @pytest.fixture(scope="module")
 def trained(data_dir):
     goals = load_goals("mnist", data_dir).subset(16)
-    options = RunOptions(total_updates=100_000, time_limit=TRAIN_SECONDS, seed=0, device="cpu", progress_every=20)
+    options = RunOptions(total_updates=UPDATES, seed=0, device="cpu", progress_every=20)
     trainer = SingleProcessTrainer(small(), goals, options)
     pixels = goals.goals(np.arange(16))
     before = reconstruct(trainer.learner.agent, trainer.learner.x1, trainer.learner.rates, pixels).mse

@@ -45,8 +45,7 @@ def test_actors_spread_learner_on_gpu_node_and_every_actor_gets_new_weights(clus
         assert learner["node"] == gpu_node_id
         first = _drive_until_all_act(run)
         start_updates = run.counters.updates
-        _drive(run, 20)
-        later = {s["index"]: s for s in ray.get([a.stats.remote() for a in run.actors])}
+        later = _drive_until_all_have_newer_weights(run, first)
         shards = ray.get([s.stats.remote() for s in run.shards])
     finally:
         run.finish()
@@ -64,11 +63,27 @@ def _drive(run, seconds: float) -> None:
         run.poll()
 
 
-def _drive_until_all_act(run, timeout: float = 120) -> dict:
+def _actor_stats(run) -> dict:
+    return {s["index"]: s for s in ray.get([a.stats.remote() for a in run.actors])}
+
+
+def _drive_until_all_have_newer_weights(run, first: dict, timeout: float = 300) -> dict:
+    """Learn until every actor holds a newer weight version than `first` (bounded in time, not assumed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _drive(run, 5)
+        stats = _actor_stats(run)
+        if all(stats[i]["weight_version"] > first[i]["weight_version"] for i in first):
+            return stats
+        if time.monotonic() > deadline:
+            return stats  # the caller's assertions name the actor that never got new weights
+
+
+def _drive_until_all_act(run, timeout: float = 300) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         _drive(run, 2)
-        stats = {s["index"]: s for s in ray.get([a.stats.remote() for a in run.actors])}
+        stats = _actor_stats(run)
         if all(s["env_steps"] > 0 and s["weight_version"] >= 0 for s in stats.values()):
             return stats
     raise AssertionError(f"not every actor acted within {timeout}s")

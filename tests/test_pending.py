@@ -93,7 +93,13 @@ class Stalled:
     """A runtime that never learns, resumed at update 100: the smallest thing run_loop drives."""
 
     def __init__(self, learns: bool):
+        from common.method.presets import tiny
+
         self.counters, self.losses, self.learns = Throughput(updates=100), LossTracker(), learns
+        self.config = tiny()
+
+    def readings(self) -> dict:
+        return {}
 
     def advance(self) -> int:
         self.counters.updates += self.learns

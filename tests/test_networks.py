@@ -153,3 +153,23 @@ def test_weights_message_with_a_bad_version_is_refused():
     agent = VAgent((1, 12, 12), MDP, NET)
     with pytest.raises(MessageError, match="version must be an int >= 0, got -1"):
         load_weights_message(agent, pack_weights(_weights_of(agent), -1))
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (2, 30, 22)])
+def test_channels_last_proposal_is_the_same_function_as_nchw(shape, monkeypatch):
+    """The CPU float32 fast path (channels-last) changes the layout only: outputs and gradients agree."""
+    torch.manual_seed(0)
+    net = ProposalUNet(shape, MDP, NET)
+    state, step, selection, _ = _inputs(shape, seed=3)
+    results = {}
+    for layout in (False, True):
+        monkeypatch.setattr(ProposalUNet, "channels_last", layout)
+        net.zero_grad()
+        out = net(state, step, selection)
+        out.pow(2).sum().backward()
+        assert out.is_contiguous()  # callers get the usual layout either way
+        results[layout] = (out.detach(), [p.grad.clone() for p in net.parameters()])
+    (nchw, nchw_grads), (last, last_grads) = results[False], results[True]
+    torch.testing.assert_close(last, nchw, rtol=1e-4, atol=1e-5)
+    for a, b in zip(last_grads, nchw_grads):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)

@@ -221,7 +221,8 @@ class LearningConfig:
     bf16: bool | str = "auto"  # the updates' forward passes under bfloat16 autocast (speed; weights stay float32);
     # "auto": as acting.bf16
     demo_margin: float = 0.0  # extension: large-margin loss making GC-select-Qnet prefer the acting GC-agent's
-    # choices by this much (in Q units, the per-pixel loss), as DQfD learns from a demonstrator; 0: off
+    # choices by this much (in Q units: the goal loss, mdp.loss_reduction's sum or per-pixel mean), as DQfD
+    # learns from a demonstrator; 0: off
     demo_weight: float = 1.0  # weight of that loss beside the Double-DQN regression
     selection_targets: str = "hard"  # "hard": S-select imitates the GC-agent's choices (Algorithm 2); "soft"
     # (extension): the GC-agent's posterior over the A candidates the candidate GC-agents computed when acting

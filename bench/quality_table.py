@@ -84,7 +84,7 @@ def final_row(folder: Path) -> str:
 
 
 def at_minutes(points: list[dict], minutes: list[float], value) -> list[float | None]:
-    """value(point) at each of `minutes` (the point read within 0.2 min of it), None where the run has none."""
+    """value(point) at each of `minutes` (the point read at that minute, to 0.1 min), None where the run has none."""
     found = {round(p["minutes"], 1): value(p) for p in points}
     return [found.get(round(m, 1)) for m in minutes]
 

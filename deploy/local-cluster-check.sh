@@ -17,14 +17,16 @@
 # `ray up` and `ray down` stop every Ray process on this machine: run nothing else with Ray meanwhile.
 #
 # Environment: GCRL_VENV (default ./.venv), GCRL_DATA_DIR (../shared/data), GCRL_CHECK_SECONDS (training seconds of
-# the first job, 120), GCRL_CHECK_COMPARE=1 (then also run launch.py directly with the same flags and print the ratio).
+# the first job, 120), GCRL_CHECK_RESUME_SECONDS (of the resumed job, 120), GCRL_CHECK_COMPARE=1 (then also run launch.py directly with the same flags and print the ratio).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 VENV=$(cd "${GCRL_VENV:-$REPO/.venv}" && pwd)
 DATA=$(cd "${GCRL_DATA_DIR:-$REPO/../shared/data}" && pwd)
 FIRST_SECONDS=${GCRL_CHECK_SECONDS:-120}
-RESUME_SECONDS=45
+# The resumed job must outlast the worker's return: a CI run on 2 cores saw `ray start` there take 35 s after the
+# autoscaler's "Adding 1 node(s)" at +12 s, and a 45 s job stopped 1 s before its actors reached the worker.
+RESUME_SECONDS=${GCRL_CHECK_RESUME_SECONDS:-120}
 IDLE_WAIT=150                              # idle_timeout_minutes (1) + the autoscaler's rounds and a drain
 # 3 actors of 0.75 CPU + learner 1 + shard 0.25 = 3.5 CPUs: more than the head's 2, what head and worker hold.
 JOB_FLAGS=(--num-actors 3 --actor-cpus 0.75 --progress-every 10 --eval-every 0)
@@ -121,7 +123,9 @@ point_shells_at_venv() {
     # Ray runs every command in a login shell, which reads ~/.bashrc: name this checkout's environment there (the
     # cluster file's setup commands then install GCRL into it and activate it). Restored from the copy on exit.
     cp -p "$HOME/.bashrc" "$WORK/bashrc" 2>/dev/null || : >"$WORK/bashrc.absent"
-    printf 'export GCRL_VENV=%s RAY_USAGE_STATS_ENABLED=0  # gcrl-cluster-check\n' "$VENV" >>"$HOME/.bashrc"
+    # pip writes nothing under ~/.cache either (its version check made ~/.cache/pip on a home that had none).
+    printf 'export GCRL_VENV=%s RAY_USAGE_STATS_ENABLED=0 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1  # gcrl-cluster-check\n' \
+        "$VENV" >>"$HOME/.bashrc"
     # `pip install -e ~/gcrl` re-points the environment's editable install; its records are put back on exit.
     mkdir -p "$WORK/install-records"
     cp -a "$(site_packages)"/__editable__*gcrl_generative* "$(site_packages)"/gcrl_generative-*.dist-info \

@@ -74,13 +74,20 @@ def add_ray_flags(p: argparse.ArgumentParser) -> None:
 
 
 def load_config(args: argparse.Namespace) -> tuple[str, ExperimentConfig]:
-    """Preset, then the --config file, then each --set, each layer checked as it is applied."""
+    """Preset, then the --config file, then the --set items, each layer checked as it is applied.
+
+    The --set items are one layer (a later item wins), so settings that need each other can be given in any
+    order: `--set acting.stochastic=true --set acting.prior_weight=0.001` is checked as a whole.
+    """
     file_overrides = _read_yaml(args.config) if args.config else {}
     name = args.preset or file_overrides.pop("preset", None)
     name, config = preset(name, gpu_available())
     config = apply_overrides(config, file_overrides, str(args.config)) if file_overrides else config
+    merged: dict = {}
     for item in args.set:
-        config = apply_overrides(config, _parse_set(item), f"--set {item}")
+        for section, values in _parse_set(item).items():
+            merged.setdefault(section, {}).update(values)
+    config = apply_overrides(config, merged, "--set") if merged else config
     return name, config
 
 

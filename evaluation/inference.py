@@ -21,6 +21,7 @@ from common.method.config import BEHAVIOURS, ExperimentConfig
 from common.method.lookahead import lookahead_rollout
 from common.method.losses import selection_cross_entropy
 from common.method.pixels import to_uint8, to_unit_range
+from common.method.networks import selection_logits
 from common.method.rollout import greedy_reconstruction, s_agent_sample, unfold_proposals
 from common.method.scoring import CandidateScoring
 from evaluation.fid import Progress
@@ -165,11 +166,11 @@ def s_agent_cross_entropy(agent, states: torch.Tensor, codes: torch.Tensor, bf16
     """-log S-select(a_h | x_h, h) per step h along an encoder's trajectories: how well the S-agent imitates the
     GC-agent (the KL term of the paper's bound, up to the GC-agent's entropy). states [N, H+1, C, H, W] (as
     Reconstructions.states), codes [N, H] -> H floats; their mean is what the S-agent's update minimises."""
-    per_step = []
+    per_step, prefix = [], codes.to(states.device, torch.long)  # a prefix prior reads a_<h only
     for h in range(codes.shape[1]):
         step = torch.full((codes.shape[0],), h, dtype=torch.long, device=states.device)
         with autocast(states.device, bf16):
-            logits = agent.selection(states[:, h], step)
+            logits = selection_logits(agent.selection, states[:, h], step, prefix)
         per_step.append(float(selection_cross_entropy(logits.float(), codes[:, h].to(states.device))))
     return per_step
 

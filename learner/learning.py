@@ -25,7 +25,7 @@ from common.method.losses import (afterstate_targets, all_action_targets, demons
                                   unfolded_proposal_loss)
 from common.method.mdp import goal_loss, step_rates
 from common.method.networks import VAgent
-from common.method.rollout import unfold_proposals
+from common.method.rollout import unfold_trajectory
 
 UPDATE_KINDS = ("proposal", "selection", "q", "value")
 
@@ -70,6 +70,7 @@ class Learner:
         self.rates = step_rates(mdp, device)
         self.bf16 = resolve_bf16(learning.bf16, device)  # "auto": on where this device computes bf16 natively
         self.counts = UpdateCounts()
+        self.sequence_selection_loss = float("nan")  # S-select's last loss on code sequences (extension)
 
     def next_request(self) -> SampleRequest:
         """Batch sizes the next step needs: 0 for an update that is not due (Algorithm 2's 'if')."""
@@ -79,7 +80,9 @@ class Learner:
         """The request of any step, so a distributed learner can ask for batches ahead of time."""
         cfg = self.learning
         due = lambda every, batch: batch if step % every == 0 else 0  # noqa: E731
-        return SampleRequest(due(cfg.q_every, cfg.q_batch), due(cfg.selection_every, cfg.selection_batch),
+        from_replay = cfg.selection_source == "replay"  # else S-select learns inside the proposal update
+        return SampleRequest(due(cfg.q_every, cfg.q_batch),
+                             due(cfg.selection_every, cfg.selection_batch) if from_replay else 0,
                              due(cfg.proposal_every, cfg.proposal_batch))
 
     def step(self, sample: ReplaySample) -> dict[str, float]:
@@ -87,6 +90,8 @@ class Learner:
         losses = {}
         if sample.proposal_sequences is not None:
             losses["proposal"] = self.update_proposal(sample.proposal_sequences)
+            if self.learning.selection_source == "sequences":
+                losses["selection"] = self.sequence_selection_loss
         if sample.selections is not None:
             losses["selection"] = self.update_selection(sample.selections)
         if sample.gc_transitions is not None and self.train_q:
@@ -116,9 +121,21 @@ class Learner:
         """Algorithm 2 lines 1-4: MSE of the unfolded network's final state against the goal."""
         selections = _tensor(batch["selections"], self.device, torch.long)  # [B, H]
         with self._autocast():
-            final = unfold_proposals(self.agent.proposal, self.x1, selections, self.rates)
-        loss = unfolded_proposal_loss(final.float(), self._goals(batch["goal_index"]))
+            states = unfold_trajectory(self.agent.proposal, self.x1, selections, self.rates)  # H+1 x [B, C, H, W]
+        loss = unfolded_proposal_loss(states[-1].float(), self._goals(batch["goal_index"]))
+        if self.learning.selection_source == "sequences":  # before the step below changes the proposal network
+            self.sequence_selection_loss = self.update_selection_on_sequences(torch.stack(states[:-1], dim=1).detach().float(), selections)
         return self._apply("proposal", loss, self.agent.proposal)
+
+    def update_selection_on_sequences(self, states: torch.Tensor, selections: torch.Tensor) -> float:
+        """S-select from whole code sequences (extension): every step of each, at the states the current proposal
+        network makes, with its prefix a_<h. states [B, H, C, H, W] (x_1 .. x_H), selections [B, H] long."""
+        batch, horizon = selections.shape
+        step = torch.arange(horizon, device=self.device).repeat(batch)  # [B*H], row-major like flatten(0, 1)
+        with self._autocast():
+            logits = self.agent.selection(states.flatten(0, 1), step, selections.repeat_interleave(horizon, 0))
+        loss = selection_cross_entropy(logits.float(), selections.flatten())
+        return self._apply("selection", loss, self.agent.selection)
 
     def update_selection(self, batch: dict[str, np.ndarray]) -> float:
         """Algorithm 2 lines 5-8: cross-entropy of S-select-net against the GC-agent's selections."""

@@ -21,6 +21,7 @@ BEHAVIOURS = ("q", "lookahead", "afterstate")
 CANDIDATE_BEHAVIOURS = ("lookahead", "afterstate")  # those that score the A proposals' next states
 Q_TARGETS = ("sampled", "all_actions")
 SELECTION_TARGETS = ("hard", "soft")
+SELECTION_SOURCES = ("replay", "sequences")
 
 
 def _is_int(value) -> bool:
@@ -144,9 +145,12 @@ class NetworkConfig:
     proposal_widths: tuple[int, ...] = (64, 128, 256, 512)  # U-Net levels, full resolution first
     selection_widths: tuple[int, ...] = (64, 128, 256)  # the three conv blocks of S-select and GC-Q
     groups: int = 8
+    selection_prefix: bool = False  # extension: S-select-net also reads the code prefix a_<h (a small GRU over
+    # it); it then learns from whole code sequences (learning.selection_source = "sequences")
 
     def __post_init__(self):
         check_positive_int("network.groups", self.groups)
+        check_bool("network.selection_prefix", self.selection_prefix)
         for name in ("proposal_widths", "selection_widths"):
             widths = getattr(self, name)
             if not isinstance(widths, (tuple, list)) or len(widths) < 1:
@@ -226,6 +230,9 @@ class LearningConfig:
     demo_weight: float = 1.0  # weight of that loss beside the Double-DQN regression
     selection_targets: str = "hard"  # "hard": S-select imitates the GC-agent's choices (Algorithm 2); "soft"
     # (extension): the GC-agent's posterior over the A candidates the candidate GC-agents computed when acting
+    selection_source: str = "replay"  # "replay": S-select learns from the selection memory (Algorithm 2);
+    # "sequences" (extension): from every step of the proposal update's code sequences, the states recomputed
+    # by the current proposal network (fresh states, whole prefixes)
 
     def __post_init__(self):
         check_unit_interval("learning.rho", self.rho)
@@ -239,6 +246,10 @@ class LearningConfig:
         check_non_negative("learning.demo_margin", self.demo_margin)
         check_non_negative("learning.demo_weight", self.demo_weight)
         check_choice("learning.selection_targets", self.selection_targets, SELECTION_TARGETS)
+        check_choice("learning.selection_source", self.selection_source, SELECTION_SOURCES)
+        if self.selection_source == "sequences" and self.selection_targets != "hard":
+            raise ConfigError("learning.selection_source = 'sequences' needs learning.selection_targets = 'hard' "
+                              f"(code sequences keep no posteriors), got {self.selection_targets!r}")
 
 
 @dataclass(frozen=True)
@@ -278,6 +289,10 @@ class ExperimentConfig:
     learning: LearningConfig = field(default_factory=LearningConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
 
+    def __post_init__(self):
+        if self.network.selection_prefix:
+            check_prefix_settings(self)
+
     def to_dict(self) -> dict:
         """Plain nested dict, for checkpoints and for printing the settings a run used."""
         return dataclasses.asdict(self)
@@ -286,6 +301,18 @@ class ExperimentConfig:
     def from_dict(cls, data: dict, source: str = "config") -> ExperimentConfig:
         """Inverse of to_dict; unknown sections or fields are refused with their name."""
         return apply_overrides(cls(), data, source)
+
+
+def check_prefix_settings(config: ExperimentConfig) -> None:
+    """A prefix-reading S-select-net needs a_<h wherever it is asked: refuse the settings that ask it without one
+    (the candidates' prior term and hybrid prefixes score beams whose prefixes they do not carry)."""
+    if config.learning.selection_source != "sequences":
+        raise ConfigError("network.selection_prefix = true needs learning.selection_source = 'sequences' (the "
+                          f"selection memory keeps no code prefixes), got {config.learning.selection_source!r}")
+    for name in ("prior_weight", "s_prefix_fraction"):
+        if getattr(config.acting, name):
+            raise ConfigError(f"network.selection_prefix = true needs acting.{name} = 0, "
+                              f"got {getattr(config.acting, name)!r}")
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(ExperimentConfig)}

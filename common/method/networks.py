@@ -121,18 +121,63 @@ class SelectionTrunk(nn.Module):
         return self.pool(self.blocks(inputs)).flatten(1)
 
 
+class CodePrefixEncoder(nn.Module):
+    """A small causal network over the code prefix a_<h (extension): a GRU over one learned vector per
+    (step, selection) pair, read after h inputs, so the prior knows which branch of the code tree x_h is on
+    rather than guessing it from a blurred image."""
+
+    def __init__(self, mdp: MDPConfig, features: int = 128, embedding: int = 64):
+        super().__init__()
+        self.num_proposals, self.features = mdp.num_proposals, features
+        self.pairs = nn.Embedding(mdp.horizon * mdp.num_proposals, embedding)
+        self.gru = nn.GRU(embedding, features, batch_first=True)
+
+    def forward(self, prefix: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        """prefix [B, H] long (entries at positions >= step are ignored), step [B] -> features [B, F]."""
+        positions = torch.arange(prefix.shape[1], device=prefix.device)
+        outputs, _ = self.gru(self.pairs(positions * self.num_proposals + prefix).float())  # [B, H, F]
+        before = torch.cat([outputs.new_zeros(prefix.shape[0], 1, self.features), outputs], dim=1)  # [B, H+1, F]
+        return before[torch.arange(prefix.shape[0], device=prefix.device), step]  # after a_1..a_{h-1}
+
+
 class SelectionNet(nn.Module):
-    """S-select-net: the S-agent's goal-agnostic distribution over selections (as logits)."""
+    """S-select-net: the S-agent's goal-agnostic distribution over selections (as logits).
+
+    With network.selection_prefix (extension) a residual term reads the code prefix too (CodePrefixEncoder);
+    its last layer starts at zero, so the network starts as the paper's.
+    """
 
     def __init__(self, image_shape: ImageShape, mdp: MDPConfig, net: NetworkConfig):
         super().__init__()
         self.embedding = ImageEmbedding(mdp.horizon, image_shape)
         self.trunk = SelectionTrunk(2 * image_shape[0], net)
         self.head = nn.Linear(self.trunk.out_features, mdp.num_proposals)
+        self.prefix = CodePrefixEncoder(mdp) if net.selection_prefix else None
+        if self.prefix is not None:
+            self.mix = nn.Linear(self.trunk.out_features, self.prefix.features)
+            self.prefix_head = nn.Linear(self.prefix.features, mdp.num_proposals)
+            nn.init.zeros_(self.prefix_head.weight)
+            nn.init.zeros_(self.prefix_head.bias)
 
-    def forward(self, state: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-        """state [B, C, H, W], step [B] -> logits [B, A]."""
-        return self.head(self.trunk(torch.cat([state, self.embedding(step)], dim=1)))
+    def forward(self, state: torch.Tensor, step: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """state [B, C, H, W], step [B], prefix [B, H] long (a_<h; read only by a prefix net) -> logits [B, A]."""
+        features = self.trunk(torch.cat([state, self.embedding(step)], dim=1))
+        logits = self.head(features)
+        if self.prefix is None:
+            return logits
+        if prefix is None:
+            raise ValueError("this S-select-net reads the code prefix (network.selection_prefix): pass prefix [B, H]")
+        hidden = F.relu(self.mix(features).float() + self.prefix(prefix, step))
+        return logits + self.prefix_head(hidden).to(logits.dtype)
+
+
+def selection_logits(selection: nn.Module, state: torch.Tensor, step: torch.Tensor,
+                     prefix: torch.Tensor) -> torch.Tensor:
+    """S-select's logits [B, A], handing the code prefix [B, H] only to a network that reads it, so any
+    (state, step) module still serves as S-select."""
+    if getattr(selection, "prefix", None) is None:
+        return selection(state, step)
+    return selection(state, step, prefix.clone())  # a copy: callers fill the prefix in place step by step
 
 
 class DuelingHead(nn.Module):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from common.method.mdp import goal_loss, transition
-from common.method.networks import ProposalUNet, SelectionNet, VAgent
+from common.method.networks import ProposalUNet, SelectionNet, VAgent, selection_logits
 
 
 @dataclass
@@ -54,14 +54,16 @@ def goal_conditioned_rollout(agent: VAgent, x1: torch.Tensor, goals: torch.Tenso
     batch = goals.shape[0]
     state = x1.unsqueeze(0).expand(batch, *x1.shape).contiguous()
     states, selections = [state], []
+    prefix = torch.zeros(batch, rates.shape[0], dtype=torch.long, device=goals.device)  # a_<h, for a prefix prior
     for h in range(rates.shape[0]):
         step = _step_index(h, batch, goals.device)
         q_values = agent.goal_q(state, step, goals)
-        logits = agent.selection(state, step) if kappa else q_values
+        logits = selection_logits(agent.selection, state, step, prefix) if kappa else q_values
         selection = goal_conditioned_selection(q_values, logits, kappa)
         state = transition(state, agent.proposal(state, step, selection), rates[h])
         states.append(state)
         selections.append(selection)
+        prefix[:, h] = selection
     return Trajectories(torch.stack(states, dim=1), torch.stack(selections, dim=1),
                         goal_loss(state, goals, sigma, loss_reduction))
 
@@ -94,13 +96,15 @@ def s_agent_sample(proposal: ProposalUNet, selection: SelectionNet, x1: torch.Te
     """
     state = x1.unsqueeze(0).expand(num_samples, *x1.shape).contiguous()
     states, selections = [state], []
+    prefix = torch.zeros(num_samples, rates.shape[0], dtype=torch.long, device=x1.device)  # a_<h drawn so far
     for h in range(rates.shape[0]):
         step = _step_index(h, num_samples, x1.device)
-        probs = selection_distribution(selection(state, step), temperature, top_k)
+        probs = selection_distribution(selection_logits(selection, state, step, prefix), temperature, top_k)
         chosen = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         state = transition(state, proposal(state, step, chosen), rates[h])
         states.append(state)
         selections.append(chosen)
+        prefix[:, h] = chosen
     nan = torch.full((num_samples,), float("nan"), device=x1.device)
     return Trajectories(torch.stack(states, dim=1), torch.stack(selections, dim=1), nan)
 
@@ -112,10 +116,17 @@ def unfold_proposals(proposal: ProposalUNet, x1: torch.Tensor, selections: torch
     x1 [C, H, W], selections [B, H] long, rates [H] -> x_{H+1} [B, C, H, W]. Gradients flow through
     every step, since each x_h feeds the proposal of step h.
     """
+    return unfold_trajectory(proposal, x1, selections, rates)[-1]
+
+
+def unfold_trajectory(proposal: ProposalUNet, x1: torch.Tensor, selections: torch.Tensor,
+                      rates: torch.Tensor) -> list[torch.Tensor]:
+    """The unfolded network's every state: x1 [C, H, W], selections [B, H] long, rates [H] -> H+1 states
+    [B, C, H, W] (x_1 .. x_{H+1}), differentiable as unfold_proposals."""
     batch = selections.shape[0]
-    state = x1.unsqueeze(0).expand(batch, *x1.shape)
+    states = [x1.unsqueeze(0).expand(batch, *x1.shape)]
     for h in range(selections.shape[1]):
         step = _step_index(h, batch, selections.device)
-        state = transition(state, proposal(state, step, selections[:, h]), rates[h])
-    return state
+        states.append(transition(states[-1], proposal(states[-1], step, selections[:, h]), rates[h]))
+    return states
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from common.device import DEVICE_CHOICES, gpu_available
 from common.errors import ConfigError, OneLineParser
-from common.method.config import ExperimentConfig, apply_overrides
+from common.method.config import ExperimentConfig, apply_overrides, check_override_names, merge_overrides
 from common.method.presets import PRESETS, preset
 from common.storage.data import DATASETS
 from deploy.settings import RUNTIMES, DataOptions, RaySettings, RunOptions, TrainCommand
@@ -74,21 +74,20 @@ def add_ray_flags(p: argparse.ArgumentParser) -> None:
 
 
 def load_config(args: argparse.Namespace) -> tuple[str, ExperimentConfig]:
-    """Preset, then the --config file, then the --set items, each layer checked as it is applied.
+    """Preset, then the --config file, then the --set items (a later one wins), applied and checked as one.
 
-    The --set items are one layer (a later item wins), so settings that need each other can be given in any
-    order: `--set acting.stochastic=true --set acting.prior_weight=0.001` is checked as a whole.
+    Names are checked per source, so an unknown one is reported against the file or --set that gave it;
+    values are checked once, on the whole, so settings that need each other can come from either source in
+    any order: `--set acting.stochastic=true --set acting.prior_weight=0.001` is checked as a whole.
     """
     file_overrides = _read_yaml(args.config) if args.config else {}
     name = args.preset or file_overrides.pop("preset", None)
     name, config = preset(name, gpu_available())
-    config = apply_overrides(config, file_overrides, str(args.config)) if file_overrides else config
-    merged: dict = {}
-    for item in args.set:
-        for section, values in _parse_set(item).items():
-            merged.setdefault(section, {}).update(values)
-    config = apply_overrides(config, merged, "--set") if merged else config
-    return name, config
+    check_override_names(config, file_overrides, str(args.config))
+    set_overrides = merge_overrides(*(_parse_set(item) for item in args.set))
+    check_override_names(config, set_overrides, "--set")
+    merged = merge_overrides(file_overrides, set_overrides)
+    return name, apply_overrides(config, merged, "--config/--set") if merged else config
 
 
 def _read_yaml(path: Path) -> dict:

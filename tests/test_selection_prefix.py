@@ -138,3 +138,17 @@ def test_set_items_that_need_each_other_load_in_either_order(data_dir):
         flags = [flag for item in items for flag in ("--set", item)]
         command = parse_train(["--preset", "tiny", "--data-dir", str(data_dir), *flags], "test")
         assert command.config.network.selection_prefix == (items in (prefix, prefix[::-1]))
+
+
+def test_settings_that_need_each_other_load_from_a_config_file_and_set(data_dir, tmp_path):
+    from deploy.cli import parse_train
+    config_file = tmp_path / "prefix.yaml"
+    config_file.write_text("network:\n  selection_prefix: true\n")
+    flags = ["--preset", "tiny", "--data-dir", str(data_dir), "--config", str(config_file)]
+    command = parse_train([*flags, "--set", "learning.selection_source=sequences"], "test")
+    assert command.config.network.selection_prefix and command.config.learning.selection_source == "sequences"
+    with pytest.raises(ConfigError, match="selection_source"):  # the file alone still needs its partner
+        parse_train(flags, "test")
+    with pytest.raises(ConfigError, match=f"{config_file}: unknown setting 'network.prefix'"):
+        config_file.write_text("network:\n  prefix: true\n")
+        parse_train(flags, "test")

@@ -320,23 +320,41 @@ SECTIONS = {f.name: f.type for f in dataclasses.fields(ExperimentConfig)}
 
 def apply_overrides(base: ExperimentConfig, overrides: dict, source: str) -> ExperimentConfig:
     """Replace the fields named in a nested mapping {section: {field: value}}, checking every name."""
+    check_override_names(base, overrides, source)
+    sections = {section: dataclasses.replace(getattr(base, section), **_as_fields(values))
+                for section, values in overrides.items()}
+    return dataclasses.replace(base, **sections)
+
+
+def check_override_names(base: ExperimentConfig, overrides, source: str) -> None:
+    """Every section and setting named in `overrides` exists; the error names `source` (a file, --set)."""
     if not isinstance(overrides, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(overrides).__name__}")
-    sections = {}
     for section, values in overrides.items():
         current = getattr(base, section, None) if section in SECTIONS else None
         if current is None:
             raise ConfigError(f"{source}: unknown section {section!r} (expected one of {', '.join(SECTIONS)})")
-        sections[section] = _replace_section(current, section, values, source)
-    return dataclasses.replace(base, **sections)
+        _check_section_names(current, section, values, source)
 
 
-def _replace_section(current, section: str, values, source: str):
+def merge_overrides(*layers: dict) -> dict:
+    """One nested mapping from several, a later layer's setting winning: settings that need each other are
+    then checked together, whichever layer (config file, --set) each came from."""
+    merged: dict = {}
+    for layer in layers:
+        for section, values in layer.items():
+            merged.setdefault(section, {}).update(values)
+    return merged
+
+
+def _check_section_names(current, section: str, values, source: str) -> None:
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: section {section!r} must be a mapping, got {values!r}")
     names = [f.name for f in dataclasses.fields(current)]
     for name in values:
         if name not in names:
             raise ConfigError(f"{source}: unknown setting '{section}.{name}' (expected one of {', '.join(names)})")
-    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return dataclasses.replace(current, **fixed)
+
+
+def _as_fields(values: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}

@@ -124,11 +124,12 @@ def test_paper_lookahead_differs_from_paper_only_in_the_behaviour():
     assert dataclasses.replace(extended, acting=base.acting) == base
 
 
-def test_small_lookahead_is_small_with_the_lookahead_and_h8_at_auto_precision():
+def test_small_lookahead_is_small_with_the_lookahead_h8_and_fresh_replay_at_auto_precision():
     base, extended = presets.small(), presets.small_lookahead()
     assert (extended.acting.behaviour, extended.mdp.horizon, extended.acting.bf16, extended.learning.bf16) == (
         "lookahead", 8, "auto", "auto")
-    assert dataclasses.replace(extended, acting=base.acting, mdp=base.mdp) == base
+    assert (extended.replay.proposal_capacity, extended.replay.selection_capacity) == (2_000, 16_000)
+    assert dataclasses.replace(extended, acting=base.acting, mdp=base.mdp, replay=base.replay) == base
 
 
 @pytest.mark.parametrize("name", sorted(presets.PRESETS))

@@ -40,7 +40,7 @@ from common.storage.data import load_goals  # noqa: E402
 from deploy.cli import parse_train  # noqa: E402
 from evaluation.figures import line_chart  # noqa: E402
 from evaluation.files import write_json  # noqa: E402
-from evaluation.inference import sample  # noqa: E402
+from evaluation.inference import sample, sampling_of  # noqa: E402
 from deploy.tracking import flat_scalars, log_points  # noqa: E402
 
 
@@ -93,7 +93,7 @@ def fid_results(args, goals, test_goals, snapshots: list[dict], x1: torch.Tensor
     for snap in snapshots:
         began = time.monotonic()
         samples = sample(snap["agent"], x1.cpu(), rates, args.fid_samples, seed=args.seed, keep_trajectories=0,
-                         bf16=protocol.bf16).images
+                         bf16=protocol.bf16, **sampling_of(config)).images
         tag = f"{snap['updates']:06d}"
         np.save(args.output / f"fid-samples-{tag}.npy", samples.numpy())
         np.save(args.output / f"fid-reconstructions-{tag}.npy", snap["reconstructions"].numpy())

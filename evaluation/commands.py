@@ -20,7 +20,8 @@ from common.errors import ConfigError, OneLineParser
 from evaluation.fid import PROTOCOL, FidScorer, check_fid_dependencies, ReferenceCache, default_cache_dir, load_inception, reference_stats
 from evaluation.figures import reconstructions_figure, samples_figure, trajectories_figure
 from evaluation.files import bits_per_image, load_codes, load_image_file, save_codes, write_json
-from evaluation.inference import ENCODERS, MSE_SCALE, decode, encoder_of, mean_squared_error, reconstruct, sample
+from evaluation.inference import (ENCODERS, MSE_SCALE, decode, encoder_of, mean_squared_error, reconstruct, sample,
+                                  sampling_of)
 from evaluation.model import LoadedModel, load_model, load_split
 
 COMMANDS = ("evaluate", "sample", "encode", "decode")
@@ -77,9 +78,11 @@ def _data_flags(p: OneLineParser) -> None:
 
 
 def _sampling_flags(p: OneLineParser) -> None:
-    p.add_argument("--temperature", type=float, default=1.0,
-                   help="S-select's temperature (default 1: the paper's plain sampling; lower is sharper)")
-    p.add_argument("--top-k", type=int, help="sample among the k most likely selections only (default: all A)")
+    p.add_argument("--temperature", type=float,
+                   help="S-select's temperature, lower is sharper (default: the checkpoint's sampling.temperature; "
+                        "1 is the paper's plain sampling)")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely selections only (default: the "
+                   "checkpoint's sampling.top_k; 0 is all A)")
 
 
 def evaluate_parser() -> OneLineParser:
@@ -132,13 +135,13 @@ def decode_parser() -> OneLineParser:
 
 def _sampling(args, model: LoadedModel) -> dict:
     """sample()'s precision and S-select shaping: the acting precision resolved on this device (bf16 where
-    native, as in training), --temperature (> 0) and --top-k (in [1, A])."""
-    if not (args.temperature > 0 and args.temperature < float("inf")):
+    native, as in training), --temperature (> 0) and --top-k (in [0, A]), each defaulting to the checkpoint's
+    recipe (its sampling section)."""
+    if args.temperature is not None and not (0 < args.temperature < float("inf")):
         raise ConfigError(f"--temperature must be a positive number, got {args.temperature}")
-    _positive("--top-k", args.top_k)
-    if args.top_k is not None and args.top_k > model.config.mdp.num_proposals:
-        raise ConfigError(f"--top-k must be at most A = {model.config.mdp.num_proposals}, got {args.top_k}")
-    return {"bf16": _bf16(model), "temperature": args.temperature, "top_k": args.top_k}
+    if args.top_k is not None and not 0 <= args.top_k <= model.config.mdp.num_proposals:
+        raise ConfigError(f"--top-k must be in [0, A = {model.config.mdp.num_proposals}] (0: all), got {args.top_k}")
+    return {"bf16": _bf16(model), **sampling_of(model.config, args.temperature, args.top_k)}
 
 
 def _bf16(model: LoadedModel) -> bool:
@@ -224,7 +227,7 @@ def _results(model: LoadedModel, args, test: GoalSet, num_test: int, mse: float,
             "sample_fid": fid.get("sample_fid"), "sample_fid_against": f"{test.name} train split",
             "num_samples": fid.get("num_samples", 0), "reference_count": fid.get("reference_count"),
             "fid_protocol": PROTOCOL if fid else "FID skipped (--no-fid)", "inception": fid.get("inception"),
-            "sampling": {"temperature": args.temperature, "top_k": args.top_k}, "bf16": _bf16(model),
+            "sampling": sampling_of(model.config, args.temperature, args.top_k), "bf16": _bf16(model),
             "horizon": mdp.horizon, "num_proposals": mdp.num_proposals,
             "bits_per_image": bits_per_image(mdp.horizon, mdp.num_proposals),
             "figures": figures, "wall_time_s": round(seconds, 2)}

@@ -120,6 +120,16 @@ def encoder_of(config: ExperimentConfig, override: str | None = None) -> dict:
     return {"encoder": encoder, "beam_width": config.acting.beam_width, "prior_weight": prior}
 
 
+def sampling_of(config: ExperimentConfig, temperature: float | None = None, top_k: int | None = None) -> dict:
+    """sample's S-select shaping for a model: its recipe's (config.sampling), unless overridden.
+
+    top_k None or 0 is all A selections; temperature 1 and all A is the paper's plain sampling.
+    """
+    temperature = config.sampling.temperature if temperature is None else temperature
+    top_k = config.sampling.top_k if top_k is None else top_k
+    return {"temperature": temperature, "top_k": top_k or None}
+
+
 @dataclass
 class Samples:
     """S-agent samples: final states and the first few whole trajectories (for Figure 2)."""

@@ -26,7 +26,7 @@ from common.storage.data import GoalSet, load_goals
 from common.storage.messages import load_weights_message, weights_updates
 from evaluation.fid import default_inception_path, training_scorer
 from evaluation.files import write_json
-from evaluation.inference import MSE_SCALE, encoder_of, reconstruct, sample
+from evaluation.inference import MSE_SCALE, encoder_of, reconstruct, sample, sampling_of
 from learner.builder import Builder
 
 DEFAULT_GPU_FID_SAMPLES = 2000
@@ -137,7 +137,8 @@ class TrainingEvaluation:
         rates = step_rates(self.config.mdp, x1.device)
         recon = reconstruct(agent, x1, rates, self.test_goals, self.batch_size, **encoder_of(self.config))
         count = max(self.grid_samples, self.fid_samples)
-        samples = sample(agent, x1, rates, count, self.batch_size, self.seed, keep_trajectories=0)
+        samples = sample(agent, x1, rates, count, self.batch_size, self.seed, keep_trajectories=0,
+                         **sampling_of(self.config))
         fid = self.scorer.score(samples.images[:self.fid_samples]) if self.fid_samples > 0 else None
         images = self._grids(samples.images[:self.grid_samples], recon.images)
         if self.run_dir is not None:  # a run without --checkpoint-dir: report, write nothing

@@ -5,7 +5,7 @@ import pytest
 
 import common.method.presets as presets
 from common.method.config import (ActingConfig, ExperimentConfig, LearningConfig, MDPConfig, NetworkConfig, ReplayConfig,
-                           apply_overrides)
+                           SamplingConfig, apply_overrides)
 from common.errors import ConfigError
 
 BAD_SETTINGS = [
@@ -50,6 +50,10 @@ BAD_SETTINGS = [
     (ReplayConfig, {"samples_per_insert": 0.0}, "replay.samples_per_insert", "0.0"),
     (ReplayConfig, {"min_size_to_sample": 0}, "replay.min_size_to_sample", "0"),
     (ReplayConfig, {"gc_capacity": 100, "min_size_to_sample": 101}, "replay.min_size_to_sample", "101"),
+    (SamplingConfig, {"temperature": 0.0}, "sampling.temperature", "0.0"),
+    (SamplingConfig, {"temperature": math.inf}, "sampling.temperature", "inf"),
+    (SamplingConfig, {"top_k": -1}, "sampling.top_k", "-1"),
+    (SamplingConfig, {"top_k": 2.0}, "sampling.top_k", "2.0"),
 ]
 
 
@@ -95,6 +99,17 @@ def test_apply_overrides_replaces_and_converts_lists():
     assert config.learning == LearningConfig()
 
 
+def test_top_k_above_a_is_refused_with_both_values():
+    with pytest.raises(ConfigError, match=r"sampling.top_k = 5 exceeds A = mdp.num_proposals = 4"):
+        apply_overrides(presets.tiny(), {"sampling": {"top_k": 5}}, "--set")
+
+
+def test_a_checkpoint_config_without_a_sampling_section_samples_as_the_paper():
+    saved = presets.tiny().to_dict()
+    del saved["sampling"]  # written before the section existed
+    assert ExperimentConfig.from_dict(saved).sampling == SamplingConfig(temperature=1.0, top_k=0)
+
+
 def test_to_dict_from_dict_round_trip():
     config = presets.tiny()
     assert ExperimentConfig.from_dict(config.to_dict()) == config
@@ -124,12 +139,19 @@ def test_paper_lookahead_differs_from_paper_only_in_the_behaviour():
     assert dataclasses.replace(extended, acting=base.acting) == base
 
 
-def test_small_lookahead_is_small_with_the_lookahead_h8_and_fresh_replay_at_auto_precision():
+def test_small_lookahead_is_small_with_the_lookahead_h8_fresh_replay_and_sharpened_sampling_at_auto_precision():
     base, extended = presets.small(), presets.small_lookahead()
     assert (extended.acting.behaviour, extended.mdp.horizon, extended.acting.bf16, extended.learning.bf16) == (
         "lookahead", 8, "auto", "auto")
     assert (extended.replay.proposal_capacity, extended.replay.selection_capacity) == (2_000, 16_000)
-    assert dataclasses.replace(extended, acting=base.acting, mdp=base.mdp, replay=base.replay) == base
+    assert (extended.sampling.temperature, extended.sampling.top_k) == (0.8, 8)
+    assert dataclasses.replace(extended, acting=base.acting, mdp=base.mdp, replay=base.replay,
+                               sampling=base.sampling) == base
+
+
+@pytest.mark.parametrize("name", ["paper", "paper-lookahead", "small"])
+def test_the_paper_s_method_presets_sample_plainly(name):
+    assert presets.preset(name)[1].sampling == SamplingConfig(temperature=1.0, top_k=0)
 
 
 @pytest.mark.parametrize("name", sorted(presets.PRESETS))

@@ -259,9 +259,22 @@ def test_images_of_another_shape_are_one_line(capsys, run_dir, tmp_path):
 
 
 @pytest.mark.parametrize("flags, needle", [(["--temperature", "0"], "--temperature must be a positive number, got 0.0"),
-                                           (["--top-k", "99"], "--top-k must be at most A = 4, got 99"),
-                                           (["--top-k", "0"], "--top-k must be an integer >= 1, got 0")])
+                                           (["--top-k", "99"], "--top-k must be in [0, A = 4] (0: all), got 99"),
+                                           (["--top-k", "-1"], "--top-k must be in [0, A = 4] (0: all), got -1")])
 def test_bad_sampling_flags_are_one_line(run_dir, tmp_path, capsys, flags, needle):
     code = launch.main(["sample", "--checkpoint", str(run_dir), "--output", str(tmp_path / "s"), *flags])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and needle in err[0], err
+
+
+def test_sample_draws_the_way_the_checkpoint_s_recipe_says_unless_a_flag_overrides_it(data_dir, tmp_path):
+    run = tmp_path / "top1"
+    assert launch.main(["--runtime", "single-process", "--preset", "tiny", "--data-dir", str(data_dir), "--num-goals",
+                        "256", "--total-updates", "20", "--checkpoint-dir", str(run), "--set", "sampling.top_k=1"]) == 0
+    drawn = {}
+    for name, flags in {"recipe": [], "all": ["--top-k", "0"]}.items():
+        assert launch.main(["sample", "--checkpoint", str(run), "--num-samples", "32", "--output", str(tmp_path / name),
+                            *flags]) == 0
+        drawn[name] = np.load(tmp_path / name / "samples.npy")
+    assert (drawn["recipe"] == drawn["recipe"][:1]).all()  # top-1 every step: the one most likely code
+    assert len({image.tobytes() for image in drawn["all"]}) > 1  # the paper's sampling over all A

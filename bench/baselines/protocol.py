@@ -22,7 +22,7 @@ from bench.baselines.train import autocast
 from common.storage.data import GoalSet
 from common.method.pixels import to_uint8
 from common.device import cpu_has_native_bf16
-from evaluation.inference import encoder_of, reconstruct, s_agent_cross_entropy, sample
+from evaluation.inference import encoder_of, reconstruct, s_agent_cross_entropy, sample, sampling_of
 from evaluation.model import load_model
 from evaluation.fid import FidScorer, ReferenceCache, load_inception, reference_stats
 
@@ -92,12 +92,13 @@ def evaluate_gcrl(checkpoint, protocol: Protocol, seed: int = 0) -> tuple[dict, 
         recon = reconstruct(model.agent, model.x1, model.rates, protocol.test, protocol.batch_size,
                             keep_states=True, **encoder_of(model.config))
         drawn, seconds = timed(lambda: sample(model.agent, model.x1, model.rates, protocol.samples,
-                                              protocol.batch_size, seed, keep_trajectories=0).images)
+                                              protocol.batch_size, seed, keep_trajectories=0,
+                                              **sampling_of(model.config)).images)
         cross_entropy = s_agent_cross_entropy(model.agent, recon.states, recon.codes)
     passes = model.config.mdp.horizon  # H U-Net passes, each after one pass of the small S-select-net
     row = scores(protocol, drawn, seconds, passes, "U-Net + S-select", recon.images, recon.mse)
     row.update(updates=model.updates, encoder=encoder_of(model.config)["encoder"],
-               horizon=passes, num_proposals=model.config.mdp.num_proposals,
+               horizon=passes, num_proposals=model.config.mdp.num_proposals, sampling=sampling_of(model.config),
                s_agent_cross_entropy=sum(cross_entropy) / len(cross_entropy),
                s_agent_cross_entropy_per_step=[round(v, 4) for v in cross_entropy])
     return row, drawn

@@ -1,6 +1,6 @@
 """Typed, validated settings of the method, split the way the paper splits the algorithm.
 
-Each component takes only its own section (the MDP, the networks, acting, learning, replay), so no
+Each component takes only its own section (the MDP, the networks, acting, learning, replay, sampling), so no
 global object is threaded everywhere; `ExperimentConfig` only bundles them for presets, files and
 checkpoints. Every section checks itself at construction so a bad value stops a run before it starts.
 """
@@ -280,18 +280,38 @@ class ReplayConfig:
 
 
 @dataclass(frozen=True)
+class SamplingConfig:
+    """How the S-agent draws a_h when it samples (Algorithm 3): S-select's temperature and top-k.
+
+    The checkpoint keeps it, so `launch.py sample`, `evaluate` and the benchmarks draw a model the way its
+    recipe says. The defaults (temperature 1, all A selections) are the paper's plain sampling.
+    """
+
+    temperature: float = 1.0  # logits / temperature; below 1 is sharper
+    top_k: int = 0  # draw among the k most likely selections only; 0: all A
+
+    def __post_init__(self):
+        check_positive("sampling.temperature", self.temperature)
+        check_int_range("sampling.top_k", self.top_k, 0, meaning=" (0: all A selections)")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
-    """The five sections together, as a preset, a config file or a checkpoint holds them."""
+    """The six sections together, as a preset, a config file or a checkpoint holds them."""
 
     mdp: MDPConfig = field(default_factory=MDPConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     acting: ActingConfig = field(default_factory=ActingConfig)
     learning: LearningConfig = field(default_factory=LearningConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def __post_init__(self):
         if self.network.selection_prefix:
             check_prefix_settings(self)
+        if self.sampling.top_k > self.mdp.num_proposals:
+            raise ConfigError(f"sampling.top_k = {self.sampling.top_k} exceeds A = mdp.num_proposals = "
+                              f"{self.mdp.num_proposals} (expected 0 for all, or 1..A)")
 
     def to_dict(self) -> dict:
         """Plain nested dict, for checkpoints and for printing the settings a run used."""

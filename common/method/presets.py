@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from common.method.config import (ActingConfig, ExperimentConfig, LearningConfig, MDPConfig, NetworkConfig,
-                           ReplayConfig)
+                           ReplayConfig, SamplingConfig)
 from common.errors import ConfigError
 
 
@@ -61,13 +61,14 @@ LOOKAHEAD_ACTING = {"behaviour": "lookahead", "beam_width": 1}
 
 
 def small_lookahead() -> ExperimentConfig:
-    """The default without a GPU: `small` with the lookahead GC-agent, H = 8 and fresh replay.
+    """The default without a GPU: `small` with the lookahead GC-agent, H = 8, fresh replay and sharpened sampling.
 
     Each was measured with bench/quality.py on full MNIST (docs/results.md, ablation). Precision is every
     preset's "auto": bf16 autocast where the device computes it natively, float32 elsewhere.
     """
     config = lookahead(small())
-    return dataclasses.replace(config, mdp=dataclasses.replace(config.mdp, horizon=8), replay=FRESH_REPLAY)
+    return dataclasses.replace(config, mdp=dataclasses.replace(config.mdp, horizon=8), replay=FRESH_REPLAY,
+                               sampling=SHARPENED_SAMPLING)
 
 
 # Fresh replay (issue 19): the S-prop memory holds the newest 2,000 code sequences and the selection memory the
@@ -75,6 +76,13 @@ def small_lookahead() -> ExperimentConfig:
 # recent decoders. Measured in docs/results.md: sample FID 58.0 against 66.6 at 30 minutes (Zen 5), 127 against
 # 147 at 10 (Emerald Rapids). The paper gives no replay sizes.
 FRESH_REPLAY = dataclasses.replace(small().replay, proposal_capacity=2_000, selection_capacity=16_000)
+
+
+# Sharpened sampling (issue 19): S-select's temperature 0.8 and its 8 most likely selections of 16, so the S-agent's
+# near-uniform late steps no longer walk into branches the proposal network was barely trained on. Measured with
+# bench/sampling_sweep.py on two 30-minute checkpoints (docs/results.md): MNIST 58.7 -> 51.2, Fashion-MNIST
+# 103.7 -> 97.7 sample FID. An extension: the paper samples plainly (temperature 1, all A).
+SHARPENED_SAMPLING = SamplingConfig(temperature=0.8, top_k=8)
 
 
 def paper_lookahead() -> ExperimentConfig:

@@ -85,7 +85,7 @@ def small_lookahead() -> ExperimentConfig:
 FRESH_REPLAY = dataclasses.replace(small().replay, proposal_capacity=2_000, selection_capacity=16_000)
 
 
-# Sharpened sampling (issue 19): S-select's temperature 0.8 and its 8 most likely selections of 16, so the S-agent's
+# Sharpened sampling (issue 19): S-select's temperature 0.8 and its 8 most likely selections (of A), so the S-agent's
 # near-uniform late steps no longer walk into branches the proposal network was barely trained on. Measured with
 # bench/sampling_sweep.py on two 30-minute checkpoints (docs/results.md): MNIST 58.7 -> 51.2, Fashion-MNIST
 # 103.7 -> 97.7 sample FID. An extension: the paper samples plainly (temperature 1, all A).

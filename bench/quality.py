@@ -179,6 +179,10 @@ def main(argv=None) -> int:
     report["fid"] = fid_results(args, goals, test_goals, probe.snapshots, x1, command.config)
     write_json(args.output / "quality.json", report)
     log_points(args.output / "tb", [(f["updates"], flat_scalars(f, "quality/fid")) for f in report["fid"]])
+    if not probe.readings:  # stopped (SIGINT, --total-updates) before its first reading: keep the checkpoint
+        print(f"the run ended after {summary.updates} updates, before its first reading: no readings, no curve; "
+              f"wrote {args.output}/quality.json and {summary.checkpoint}", flush=True)
+        return 1
     draw_curves(probe.readings, report["fid"], baseline, args.output / "curve.png")
     print(f"wrote {args.output}/quality.json, curve.png, sample grids and {summary.checkpoint}", flush=True)
     return 0

@@ -40,3 +40,13 @@ def test_report_is_written_after_each_reading_and_a_checkpoint_is_left(tmp_path,
     assert len(last["s_agent_cross_entropy_per_step"]) == report["config"]["mdp"]["horizon"]
     assert last["s_agent_cross_entropy"] == pytest.approx(sum(last["s_agent_cross_entropy_per_step"]) / 3, abs=1e-3)
     assert report["checkpoint"] and (output / "checkpoint").is_dir()
+
+
+def test_a_run_that_ends_before_its_first_reading_says_so_and_keeps_its_checkpoint(tmp_path, data_dir, capsys):
+    output = tmp_path / "q"
+    code = quality.main(["--readings-at", "10", "--num-test", "16", "--fid-samples", "0", "--data-dir",
+                         str(data_dir), "--output", str(output), "--", "--preset", "tiny", "--total-updates", "2"])
+    out = capsys.readouterr().out
+    report = json.loads((output / "quality.json").read_text())
+    assert code == 1 and "before its first reading" in out, out[-500:]
+    assert report["readings"] == [] and report["updates"] == 2 and (output / "checkpoint").is_dir()

@@ -67,7 +67,7 @@ class EvaluationActor:
             if stopped:
                 break
             if weights and self.evaluator.is_new(version):
-                self._evaluate(weights[0])
+                self._evaluate(weights[-1])  # the averaged S-agent's, when the learner posts them
 
     def _evaluate(self, weights_ref) -> None:
         self.evaluating_since = time.time()

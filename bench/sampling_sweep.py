@@ -7,7 +7,10 @@ Draws --fid-samples S-agent samples (Algorithm 3, the same seed) for every (temp
 them against the training set's first --fid-reference images, beside the same-N floor (that many test images
 against the same reference): the FID protocol of bench/quality.py and bench/table1.py. Temperature 1 and top-k
 0 (all A) is the paper's plain sampling. Writes sweep.json and one grid per setting into --output; prints a
-table. Asserts nothing.
+table. With --reconstructions it also scores the acting GC-agent's reconstructions of the first --num-test test
+images against the test split (reconstruction FID, bench/quality.py's protocol). --weights online reads a checkpoint
+made with learning.averaging_rate as the weights the GC-agent acted with, so one run gives both rows. Asserts
+nothing.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from common.errors import UserError  # noqa: E402
 from common.storage.data import load_goals  # noqa: E402
 from evaluation.figures import samples_figure  # noqa: E402
 from evaluation.files import write_json  # noqa: E402
-from evaluation.inference import sample  # noqa: E402
-from evaluation.model import load_model  # noqa: E402
+from evaluation.inference import encoder_of, reconstruct, sample  # noqa: E402
+from evaluation.model import WEIGHTS, load_model  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,7 +44,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fid-reference", type=int, default=2000)
     p.add_argument("--output", type=Path, default=Path("runs/sampling-sweep"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", choices=WEIGHTS, default="averaged", help="the averaged S-agent (where the checkpoint "
+                   "has one) or the online weights")
+    p.add_argument("--reconstructions", action="store_true", help="also the reconstruction FID of --num-test images")
+    p.add_argument("--num-test", type=int, default=1000)
     return p.parse_args(argv)
+
+
+def reconstruction_row(args, model, train, test) -> dict:
+    """The acting GC-agent's reconstructions of the first --num-test test images: MSE, and FID against the test
+    split beside its same-N floor (bench/baselines/protocol.py, as bench/quality.py scores them)."""
+    from bench.baselines.protocol import build_protocol
+
+    protocol = build_protocol(train, test, args.num_test, args.fid_reference, args.fid_samples)
+    recons = reconstruct(model.agent, model.x1, model.rates, test.images[:args.num_test], 500, bf16=protocol.bf16,
+                         **encoder_of(model.config))
+    fid = protocol.scorer.score(recons.images, protocol.test_reference, "recon FID")
+    floor = protocol.floors["reconstruction"]
+    print(f"reconstructions ({args.num_test}): MSE {recons.mse:.4f}, FID {fid:.2f} ({fid / floor:.2f}x the floor "
+          f"{floor:.2f})", flush=True)
+    return {"recon_mse": recons.mse, "recon_fid": fid, "recon_floor": floor}
 
 
 def sweep(args, model, scorer, floor: float) -> list[dict]:
@@ -68,7 +90,7 @@ def main(argv=None) -> int:
         from evaluation.fid import check_fid_dependencies, training_scorer
 
         check_fid_dependencies()
-        model = load_model(args.checkpoint, "cpu")
+        model = load_model(args.checkpoint, "cpu", args.weights)
         name = model.dataset.get("name", "mnist")
         train, test = load_goals(name, args.data_dir), load_goals(name, args.data_dir, "test")
     except UserError as exc:
@@ -78,9 +100,11 @@ def main(argv=None) -> int:
     scorer = training_scorer(train, args.fid_reference)
     floor = scorer.score(test.images[:args.fid_samples])
     print(f"checkpoint {model.path} (update {model.updates}); same-N floor {floor:.2f}", flush=True)
+    recon = reconstruction_row(args, model, train, test) if args.reconstructions else {}
     rows = sweep(args, model, scorer, floor)
     write_json(args.output / "sweep.json", {"checkpoint": str(model.path), "updates": model.updates, "floor": floor,
-                                            "fid_samples": args.fid_samples, "rows": rows})
+                                            "weights": args.weights, "fid_samples": args.fid_samples, "rows": rows,
+                                            **recon})
     return 0
 
 

@@ -16,7 +16,7 @@ class Coordinator:
     def __init__(self, goal_images: list):
         self.goal_images = goal_images  # [ObjectRef] to the uint8 training images, alive for the whole run
         self.version = -1
-        self.weights: list = []  # [ObjectRef]: a list, so Ray hands the reference over unresolved
+        self.weights: list = []  # [ObjectRef]: a list, so Ray hands the references over unresolved
         self.stopped = False
         self.test_batch: list = []  # [ObjectRef] to the evaluation's uint8 test images, once posted
 
@@ -25,7 +25,8 @@ class Coordinator:
         self.version, self.weights = version, weights
 
     def latest(self) -> tuple[int, list, bool]:
-        """(version, [reference] or [], stop flag): what an actor polls before each rollout."""
+        """(version, [acting reference, averaged S-agent's reference when averaging is on] or [], stop flag): what an
+        actor polls before each rollout (rollout actors load the first, the evaluation actor the last)."""
         return self.version, self.weights, self.stopped
 
     def goals(self) -> list:

@@ -89,9 +89,10 @@ class SingleProcessTrainer:
         return [self.evaluate()]
 
     def evaluate(self) -> dict:
-        """Evaluate the current agent now (see TrainingEvaluation.run), labelled with the learner's steps."""
+        """Evaluate the current agent now (see TrainingEvaluation.run; the averaged S-agent when averaging is on),
+        labelled with the learner's steps."""
         steps = self.learner.counts.steps
-        return {**self.evaluation.run(self.learner.agent, self.learner.x1, steps), "updates": steps}
+        return {**self.evaluation.run(self.learner.evaluation_agent, self.learner.x1, steps), "updates": steps}
 
     def stall_reason(self) -> str:
         """No update yet means replay has not reached the size learning starts at."""

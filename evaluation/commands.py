@@ -22,7 +22,7 @@ from evaluation.figures import reconstructions_figure, samples_figure, trajector
 from evaluation.files import bits_per_image, load_codes, load_image_file, save_codes, write_json
 from evaluation.inference import (ENCODERS, MSE_SCALE, decode, encoder_of, mean_squared_error, reconstruct, sample,
                                   sampling_of)
-from evaluation.model import LoadedModel, load_model, load_split
+from evaluation.model import WEIGHTS, LoadedModel, load_model, load_split
 
 COMMANDS = ("evaluate", "sample", "encode", "decode")
 
@@ -62,6 +62,8 @@ def _base_parser(command: str, description: str) -> OneLineParser:
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     p.add_argument("--batch-size", type=int, default=256, help="rollouts per forward pass (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", choices=WEIGHTS, default="averaged", help="averaged: the averaged S-agent, where the "
+                   "run kept one (learning.averaging_rate); online: the weights the GC-agent acted with")
     return p
 
 
@@ -167,7 +169,7 @@ def _default_folder(model: LoadedModel) -> Path:
 
 def _model(args) -> LoadedModel:
     _positive("--batch-size", args.batch_size)
-    model = load_model(args.checkpoint, resolve_device(args.device))
+    model = load_model(args.checkpoint, resolve_device(args.device), args.weights)
     print(f"checkpoint {model.path} (update {model.updates}), trained on {model.dataset.get('name')}, "
           f"H = {model.config.mdp.horizon}, A = {model.config.mdp.num_proposals}, device {model.device}", flush=True)
     return model

@@ -83,8 +83,13 @@ def _check_codes(path: Path, fields: dict, model: LoadedModel) -> None:
         if name in fields and int(fields[name]) != expected:
             raise EvaluationError(f"codes in {path} were made with {name} = {int(fields[name])}, this checkpoint "
                                   f"has {expected}")
-    if "model" in fields and str(fields["model"]) not in ("", model.model_digest):
-        raise EvaluationError(f"codes in {path} were encoded by another model (learner.pt {str(fields['model'])[:12]}"
+    made_by = str(fields["model"]) if "model" in fields else ""
+    if made_by not in ("", model.model_digest):
+        if made_by.split(":")[0] == model.model_digest.split(":")[0]:  # the same checkpoint, the other weights
+            used = "averaged" if made_by.endswith(":averaged") else "online"
+            raise EvaluationError(f"codes in {path} were encoded with this checkpoint's {used} weights, not its "
+                                  f"{model.weights} ones; decode with --weights {used}")
+        raise EvaluationError(f"codes in {path} were encoded by another model (learner.pt {made_by[:12]}"
                               f", this checkpoint has {model.model_digest[:12]}); decode with that checkpoint")
 
 

@@ -19,6 +19,7 @@ from common.storage.checkpoint import LEARNER_FILE, load_checkpoint
 from common.storage.data import GoalSet, load_goals
 from common.storage.run_state import config_from_manifest
 from learner.builder import Builder
+from learner.learning import AVERAGED
 
 
 @dataclass
@@ -32,6 +33,7 @@ class LoadedModel:
     path: Path  # the resolved checkpoint folder
     manifest: dict
     device: torch.device
+    weights: str = "online"  # "averaged" where the averaged S-agent was loaded (load_model's `weights`)
 
     @property
     def updates(self) -> int:
@@ -50,12 +52,23 @@ class LoadedModel:
 
     @property
     def model_digest(self) -> str:
-        """SHA-256 of learner.pt: codes are only meaningful for the weights that made them."""
-        return str(self.manifest["files"][LEARNER_FILE].get("sha256", ""))
+        """SHA-256 of learner.pt (and ":averaged" when the averaged S-agent was read): codes are only meaningful for
+        the weights that made them."""
+        digest = str(self.manifest["files"][LEARNER_FILE].get("sha256", ""))
+        return digest + ":averaged" if self.weights == "averaged" else digest
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
-    """Load a checkpoint folder (or a run's newest) into a VAgent; anything unfit is one CheckpointError line."""
+WEIGHTS = ("averaged", "online")  # which S-agent a checkpoint made with learning.averaging_rate is read as
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu", weights: str = "averaged") -> LoadedModel:
+    """Load a checkpoint folder (or a run's newest) into a VAgent; anything unfit is one CheckpointError line.
+
+    `weights`: "averaged" reads the averaged S-agent where the checkpoint has one (learning.averaging_rate), what the
+    run's recipe samples with; "online" the weights the GC-agent acted with. Without averaging both are the same.
+    """
+    if weights not in WEIGHTS:
+        raise CheckpointError(f"weights {weights!r} is not one of {', '.join(WEIGHTS)}")
     path = Path(path)
     if path.is_file():
         raise CheckpointError(f"checkpoint path {path} is a file, not a gcrl checkpoint: pass a checkpoint folder "
@@ -67,6 +80,9 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     agent = Builder(config, shape, _manifest_size(checkpoint.manifest)).make_agent()
     try:
         agent.load_state_dict(state["learner"]["agent"])
+        averaged = state["learner"].get("averaged", {}) if weights == "averaged" else {}
+        for kind in (k for k in AVERAGED if k in averaged):
+            getattr(agent, kind).load_state_dict(averaged[kind])
         x1 = state["x1"].float()
         if tuple(x1.shape) != shape:
             raise ValueError(f"x1 has shape {tuple(x1.shape)}, images are {shape}")
@@ -75,7 +91,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     device = torch.device(device)
     agent.to(device).eval().requires_grad_(False)
     return LoadedModel(agent, x1.to(device), step_rates(config.mdp, device), config, checkpoint.path,
-                       checkpoint.manifest, device)
+                       checkpoint.manifest, device, "averaged" if averaged else "online")
 
 
 def _manifest_shape(manifest: dict, where: Path) -> tuple[int, int, int]:

@@ -96,10 +96,14 @@ class LearnerActor:
         torch.set_rng_state(state["rng"]["torch"])
 
     def publish(self) -> int:
-        """Put the current weights in the object store once and post the reference."""
-        ref = ray.put(pack_weights(self.learner.weights(), self.version, self.learner.counts.steps))
-        ray.get(self.coordinator.publish.remote(self.version, [ref]))
-        self._weights_ref = ref  # the previous version's reference is dropped here
+        """Put the current weights in the object store once and post the references: the acting weights first, then,
+        when averaging is on, the averaged S-agent's, which the evaluation actor reads (it reads the last)."""
+        steps = self.learner.counts.steps
+        refs = [ray.put(pack_weights(self.learner.weights(), self.version, steps))]
+        if self.learner.averaged is not None:
+            refs.append(ray.put(pack_weights(self.learner.weights(averaged=True), self.version, steps)))
+        ray.get(self.coordinator.publish.remote(self.version, refs))
+        self._weights_ref = refs  # the previous version's references are dropped here
         self.version += 1
         return self.version - 1
 
@@ -132,5 +136,6 @@ class LearnerActor:
                                      **extra})
 
     def weights(self) -> bytes:
-        """The current weights message, for evaluation without a checkpoint."""
-        return pack_weights(self.learner.weights(), self.version - 1, self.learner.counts.steps)
+        """The current weights message for evaluation without a checkpoint (the averaged S-agent when averaging is
+        on)."""
+        return pack_weights(self.learner.weights(averaged=True), self.version - 1, self.learner.counts.steps)

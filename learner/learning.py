@@ -20,7 +20,7 @@ from common.device import resolve_bf16
 from common.method.config import LearningConfig, MDPConfig
 from common.method.pixels import to_unit_range
 from common.method.lookahead import proposal_fan_out
-from common.method.losses import (afterstate_targets, all_action_targets, demonstration_margin_loss,
+from common.method.losses import (afterstate_targets, all_action_targets, averaging_rate, demonstration_margin_loss,
                                   double_dqn_target, polyak_update, q_regression_loss, selection_cross_entropy,
                                   unfolded_proposal_loss)
 from common.method.mdp import goal_loss, step_rates
@@ -28,6 +28,7 @@ from common.method.networks import VAgent
 from common.method.rollout import unfold_trajectory
 
 UPDATE_KINDS = ("proposal", "selection", "q", "value")
+AVERAGED = ("proposal", "selection")  # the S-agent's networks, which sampling uses
 
 
 @dataclass
@@ -70,7 +71,20 @@ class Learner:
         self.rates = step_rates(mdp, device)
         self.bf16 = resolve_bf16(learning.bf16, device)  # "auto": on where this device computes bf16 natively
         self.counts = UpdateCounts()
+        self.averaged = self._averaged_copy() if learning.averaging_rate else None
         self.sequence_selection_loss = float("nan")  # S-select's last loss on code sequences (extension)
+
+    def _averaged_copy(self) -> VAgent:
+        """The averaged S-agent (extension): its own proposal and selection networks; the GC-agent's networks are the
+        online ones, shared, so evaluating it with any encoder needs nothing else."""
+        averaged = copy.deepcopy(self.agent).requires_grad_(False)
+        averaged.goal_q, averaged.goal_value = self.agent.goal_q, self.agent.goal_value
+        return averaged
+
+    @property
+    def evaluation_agent(self) -> VAgent:
+        """The agent that sampling and evaluation should read: the averaged S-agent when averaging is on."""
+        return self.averaged if self.averaged is not None else self.agent
 
     def next_request(self) -> SampleRequest:
         """Batch sizes the next step needs: 0 for an update that is not due (Algorithm 2's 'if')."""
@@ -111,6 +125,9 @@ class Learner:
         nn.utils.clip_grad_norm_(module.parameters(), self.learning.max_grad_norm)
         optimizer.step()
         setattr(self.counts, kind, getattr(self.counts, kind) + 1)
+        if self.averaged is not None and kind in AVERAGED:
+            rate = averaging_rate(self.learning.averaging_rate, getattr(self.counts, kind))
+            polyak_update(getattr(self.averaged, kind), module, rate)
         return float(loss.detach())
 
     def _autocast(self):
@@ -212,13 +229,17 @@ class Learner:
         final = goal_loss(nxt, goals, self.mdp.sigma, self.mdp.loss_reduction).view(batch, num)  # [B, A]
         return all_action_targets(online, target, final, step == self.mdp.horizon - 1)
 
-    def weights(self) -> dict[str, np.ndarray]:
-        """The agent's weights as CPU numpy arrays, what rollout actors load (the target stays here)."""
-        return {k: v.detach().cpu().numpy() for k, v in self.agent.state_dict().items()}
+    def weights(self, averaged: bool = False) -> dict[str, np.ndarray]:
+        """The agent's weights as CPU numpy arrays: the online ones, what rollout actors load (the target stays here),
+        or with `averaged` the evaluation agent's (the averaged S-agent when averaging is on)."""
+        agent = self.evaluation_agent if averaged else self.agent
+        return {k: v.detach().cpu().numpy() for k, v in agent.state_dict().items()}
 
     def state_dict(self) -> dict:
         """Everything needed to continue learning exactly: networks, target, optimisers, counters."""
         targets = {"target_value": self.target_value.state_dict()} if self.target_value is not None else {}
+        if self.averaged is not None:
+            targets["averaged"] = {kind: getattr(self.averaged, kind).state_dict() for kind in AVERAGED}
         return {"agent": self.agent.state_dict(), "target_q": self.target_q.state_dict(), **targets,
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                 "counts": vars(self.counts).copy(), "precision": {"learning_bf16": self.bf16}}
@@ -232,3 +253,8 @@ class Learner:
         for kind, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][kind])
         self.counts = UpdateCounts(**state["counts"])
+        if self.averaged is not None:  # a checkpoint made without averaging starts the average at its weights
+            self.averaged = self._averaged_copy()
+            averaged = state.get("averaged", {})
+            for kind in (k for k in AVERAGED if k in averaged):
+                getattr(self.averaged, kind).load_state_dict(averaged[kind])

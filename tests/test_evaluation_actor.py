@@ -65,12 +65,13 @@ def test_the_plain_evaluator_labels_results_with_the_messages_updates(train_goal
 
 @pytest.fixture
 def published(local_ray, train_goals):
-    """A coordinator of a run of its own, with one weights version (published at update 5) posted."""
+    """A coordinator of a run of its own, with one weights version (published at update 5) posted as a learner with
+    averaging posts it: the acting weights, then the averaged S-agent's (here another agent's, to tell them apart)."""
     names = RunNames(uuid.uuid4().hex[:8], 1)
     coordinator = Coordinator.options(name=names.coordinator).remote([ray.put(train_goals.images.numpy())])
-    payload, _ = weights_message(train_goals, version=0, updates=5)
-    ray.get(coordinator.publish.remote(0, [ray.put(payload)]))
-    yield names
+    acting, averaged = (weights_message(train_goals, version=0, updates=5, seed=seed)[0] for seed in (1, 2))
+    ray.get(coordinator.publish.remote(0, [ray.put(acting), ray.put(averaged)]))
+    yield names, {"acting": acting, "averaged": averaged}
     ray.kill(coordinator)
 
 
@@ -84,9 +85,10 @@ def collect_until(client, done, timeout: float = 120) -> list[dict]:
     return results
 
 
-def test_the_actor_evaluates_the_published_weights(published, train_goals, data_dir, tmp_path):
+def test_the_actor_evaluates_the_published_averaged_weights(published, train_goals, data_dir, tmp_path):
+    names, payloads = published
     request = EvaluationRequest.load(CHEAP, "mnist", data_dir, tmp_path)
-    client = start_evaluation(published, request, tiny(), np.zeros(train_goals.image_shape, np.float32))
+    client = start_evaluation(names, request, tiny(), np.zeros(train_goals.image_shape, np.float32))
     try:
         results = collect_until(client, lambda found: found)
         stats = ray.get(client.actor.stats.remote())
@@ -95,13 +97,20 @@ def test_the_actor_evaluates_the_published_weights(published, train_goals, data_
     assert [r["updates"] for r in results] == [5] and 0 < results[0]["reconstruction_mse"] < 4
     assert stats["error"] is None and stats["evaluations"] == 1 and stats["device"] == "cpu" and stats["pid"] > 0
     assert (tmp_path / "eval" / "eval-5.json").exists()  # the same version is not evaluated twice
+    x1, expected = np.zeros(train_goals.image_shape, np.float32), {}
+    for name, payload in payloads.items():  # each message evaluated in this process
+        plain = EvaluationRequest.load(CHEAP, "mnist", data_dir, tmp_path / name)
+        evaluator = evaluator_from_request(plain, tiny(), train_goals.images.numpy(), x1, torch.device("cpu"))
+        expected[name] = evaluator.evaluate(payload)["reconstruction_mse"]
+    assert expected["acting"] != expected["averaged"]
+    assert results[0]["reconstruction_mse"] == pytest.approx(expected["averaged"], rel=1e-6)
 
 
 def test_a_failing_evaluation_is_reported_with_its_traceback(published, train_goals, data_dir, tmp_path):
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
     request = EvaluationRequest.load(CHEAP, "mnist", data_dir, blocked)
-    client = start_evaluation(published, request, tiny(), np.zeros(train_goals.image_shape, np.float32))
+    client = start_evaluation(published[0], request, tiny(), np.zeros(train_goals.image_shape, np.float32))
     try:
         with pytest.raises(RuntimeError, match=r"evaluation actor \(pid \d+\) failed(?s:.*)NotADirectoryError"):
             collect_until(client, lambda found: False)

@@ -85,15 +85,21 @@ def test_checkpoint_then_resume_restores_updates_and_replay(data_dir, tmp_path):
 
 
 def test_either_runtime_resumes_the_others_checkpoint(data_dir, tmp_path):
+    """With the averaged S-agent on, so its weights travel between the runtimes too."""
     checkpoints = tmp_path / "ckpt"
-    single = ["--runtime", "single-process", "--checkpoint-dir", str(checkpoints)]
+    averaging = ["--set", "learning.averaging_rate=0.05"]
+    single = ["--runtime", "single-process", "--checkpoint-dir", str(checkpoints), *averaging]
     run_launch(tiny_args(data_dir, *single, "--total-updates", "40"), tmp_path / "single.txt")
     saved_sizes = _replay_sizes(load_checkpoint(checkpoints))
     text = run_launch(tiny_args(data_dir, "--metrics-port", "-1", "--checkpoint-dir", str(checkpoints), "--resume",
-                                "--total-updates", "80"), tmp_path / "ray.txt")
+                                "--total-updates", "80", *averaging), tmp_path / "ray.txt")
     restored = re.search(r"replay restored: shard 0 (\{.*\})", text)
     assert restored and ast.literal_eval(restored.group(1)) == saved_sizes
-    assert load_checkpoint(checkpoints).manifest["runtime"] == "ray"
+    by_ray = load_checkpoint(checkpoints)
+    assert by_ray.manifest["runtime"] == "ray"
+    learner = by_ray.learner_state()["learner"]
+    averaged, online = learner["averaged"]["proposal"], learner["agent"]
+    assert any(not torch.equal(v, online[f"proposal.{k}"]) for k, v in averaged.items())  # the Ray learner kept both
     text = run_launch(tiny_args(data_dir, *single, "--resume", "--total-updates", "100"), tmp_path / "back.txt")
     assert "at update 80" in text and load_checkpoint(checkpoints).manifest["updates"] == 100
 

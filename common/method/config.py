@@ -233,9 +233,15 @@ class LearningConfig:
     selection_source: str = "replay"  # "replay": S-select learns from the selection memory (Algorithm 2);
     # "sequences" (extension): from every step of the proposal update's code sequences, the states recomputed
     # by the current proposal network (fresh states, whole prefixes)
+    averaging_rate: float = 0.0  # extension: Polyak averaging of the S-agent (proposal and selection networks),
+    # averaged <- rate * online + (1 - rate) * averaged after each of their updates, with a warm-up rate of
+    # 9 / (10 + updates) until it falls to this one; sampling, evaluation and checkpoints' readers use the averaged
+    # S-agent, acting the online one. 0: off (the paper)
 
     def __post_init__(self):
         check_unit_interval("learning.rho", self.rho)
+        if self.averaging_rate != 0:
+            check_unit_interval("learning.averaging_rate", self.averaging_rate)
         for name in ("proposal_lr", "selection_lr", "q_lr", "max_grad_norm"):
             check_positive(f"learning.{name}", getattr(self, name))
         for name in ("proposal_batch", "selection_batch", "q_batch", "proposal_every",

@@ -44,6 +44,13 @@ def polyak_update(target: nn.Module, online: nn.Module, rho: float) -> None:
         t.copy_(o)
 
 
+def averaging_rate(rate: float, updates: int) -> float:
+    """The Polyak rate of the averaged S-agent after `updates` updates of a network (extension): the warm-up
+    9 / (10 + updates) of TensorFlow's ExponentialMovingAverage, so early averages forget the random start, until it
+    falls to `rate`."""
+    return max(rate, 9.0 / (10.0 + updates))
+
+
 def selection_cross_entropy(logits: torch.Tensor, selections: torch.Tensor) -> torch.Tensor:
     """Algorithm 2 line 7: the S-agent imitates the GC-agent's choices, -log S-select(a | x, h).
 

@@ -62,13 +62,13 @@ def autocast(device: torch.device, bf16: bool):
 def reconstruct(agent, x1: torch.Tensor, rates: torch.Tensor, goals: torch.Tensor, batch_size: int = 256,
                 progress: Progress | None = None, stage: str = "reconstruct", keep_float: bool = False,
                 encoder: str = "q", beam_width: int = 1, bf16: bool = False,
-                keep_states: bool = False, prior_weight: float = 0.0) -> Reconstructions:
+                keep_states: bool = False, prior_weight: float = 0.0, likelihood: str = "gaussian") -> Reconstructions:
     """GC-agent rollouts towards `goals` [N, C, H, W] (uint8 or float [-1, 1]), batch by batch.
 
     encoder "q": the Q-network's greedy choices (Algorithm 1 without the malus, the paper's encoder);
     "lookahead" / "afterstate": the candidate-scoring extensions with `beam_width` and the prior's weight
-    (common/method/scoring.py), greedy. `bf16`: the networks under bfloat16 autocast (states and the MSE stay
-    float32).
+    (common/method/scoring.py), greedy, by the distance of the model's `likelihood`. `bf16`: the networks under
+    bfloat16 autocast (states and the MSE stay float32).
     """
     if encoder not in available_encoders(agent):
         raise EvaluationError(f"encoder must be one of {', '.join(available_encoders(agent))} for this model, "
@@ -79,7 +79,7 @@ def reconstruct(agent, x1: torch.Tensor, rates: torch.Tensor, goals: torch.Tenso
     for start, stop in _batches(total, batch_size):
         target = _unit(goals[start:stop], x1.device)
         with autocast(x1.device, bf16):
-            trajectories = _encode(agent, x1, target, rates, encoder, beam_width, prior_weight)
+            trajectories = _encode(agent, x1, target, rates, encoder, beam_width, prior_weight, likelihood)
         final = trajectories.states[:, -1].float()
         squared += float((final - target).double().pow(2).sum())
         kept["images"].append(to_uint8(final).cpu())
@@ -95,12 +95,12 @@ def reconstruct(agent, x1: torch.Tensor, rates: torch.Tensor, goals: torch.Tenso
 
 
 def _encode(agent, x1: torch.Tensor, target: torch.Tensor, rates: torch.Tensor, encoder: str, beam_width: int,
-            prior_weight: float):
+            prior_weight: float, likelihood: str):
     """One batch of the chosen GC-agent's greedy rollouts (Trajectories)."""
     if encoder == "q":
         return greedy_reconstruction(agent, x1, target, rates, sigma=1.0)
     scoring = CandidateScoring(prior_weight, False, agent.selection if prior_weight else None,
-                               agent.goal_value if encoder == "afterstate" else None)
+                               agent.goal_value if encoder == "afterstate" else None, likelihood=likelihood)
     return lookahead_rollout(agent.proposal, x1, target, rates, 1.0, beam_width, scoring=scoring)
 
 
@@ -117,7 +117,8 @@ def encoder_of(config: ExperimentConfig, override: str | None = None) -> dict:
     """
     encoder = override or config.acting.behaviour
     prior = config.acting.prior_weight if encoder != "q" else 0.0
-    return {"encoder": encoder, "beam_width": config.acting.beam_width, "prior_weight": prior}
+    return {"encoder": encoder, "beam_width": config.acting.beam_width, "prior_weight": prior,
+            "likelihood": config.mdp.likelihood}
 
 
 def sampling_of(config: ExperimentConfig, temperature: float | None = None, top_k: int | None = None) -> dict:

@@ -139,7 +139,7 @@ class Learner:
         selections = _tensor(batch["selections"], self.device, torch.long)  # [B, H]
         with self._autocast():
             states = unfold_trajectory(self.agent.proposal, self.x1, selections, self.rates)  # H+1 x [B, C, H, W]
-        loss = unfolded_proposal_loss(states[-1].float(), self._goals(batch["goal_index"]))
+        loss = unfolded_proposal_loss(states[-1].float(), self._goals(batch["goal_index"]), self.mdp.likelihood)
         if self.learning.selection_source == "sequences":  # before the step below changes the proposal network
             self.sequence_selection_loss = self.update_selection_on_sequences(torch.stack(states[:-1], dim=1).detach().float(), selections)
         return self._apply("proposal", loss, self.agent.proposal)
@@ -226,7 +226,7 @@ class Learner:
             nxt = proposal_fan_out(self.agent.proposal, state, step, self.rates[step]).flatten(0, 1).float()
             online = self.agent.goal_q(nxt, next_step, goals).view(batch, num, num).float()  # [B, A, A]
             target = self.target_q(nxt, next_step, goals).view(batch, num, num).float()
-        final = goal_loss(nxt, goals, self.mdp.sigma, self.mdp.loss_reduction).view(batch, num)  # [B, A]
+        final = goal_loss(nxt, goals, self.mdp.sigma, self.mdp.loss_reduction, self.mdp.likelihood).view(batch, num)
         return all_action_targets(online, target, final, step == self.mdp.horizon - 1)
 
     def weights(self, averaged: bool = False) -> dict[str, np.ndarray]:

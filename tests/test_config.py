@@ -139,10 +139,10 @@ def test_paper_lookahead_differs_from_paper_only_in_the_behaviour():
     assert dataclasses.replace(extended, acting=base.acting) == base
 
 
-def test_small_lookahead_is_small_with_the_lookahead_h8_a32_fresh_replay_and_sharpened_sampling_at_auto_precision():
+def test_small_lookahead_is_small_with_the_lookahead_h8_a32_laplace_fresh_replay_and_sharpened_sampling():
     base, extended = presets.small(), presets.small_lookahead()
-    assert (extended.acting.behaviour, extended.mdp.horizon, extended.mdp.num_proposals, extended.acting.bf16,
-            extended.learning.bf16) == ("lookahead", 8, 32, "auto", "auto")
+    assert (extended.acting.behaviour, extended.mdp.horizon, extended.mdp.num_proposals, extended.mdp.likelihood,
+            extended.acting.bf16, extended.learning.bf16) == ("lookahead", 8, 32, "laplace", "auto", "auto")
     assert (extended.replay.proposal_capacity, extended.replay.selection_capacity) == (2_000, 16_000)
     assert (extended.sampling.temperature, extended.sampling.top_k) == (0.8, 8)
     assert dataclasses.replace(extended, acting=base.acting, mdp=base.mdp, replay=base.replay,
@@ -150,8 +150,9 @@ def test_small_lookahead_is_small_with_the_lookahead_h8_a32_fresh_replay_and_sha
 
 
 @pytest.mark.parametrize("name", ["paper", "paper-lookahead", "small"])
-def test_the_paper_s_method_presets_sample_plainly(name):
-    assert presets.preset(name)[1].sampling == SamplingConfig(temperature=1.0, top_k=0)
+def test_the_paper_s_method_presets_sample_plainly_with_the_gaussian_last_step(name):
+    config = presets.preset(name)[1]
+    assert config.sampling == SamplingConfig(temperature=1.0, top_k=0) and config.mdp.likelihood == "gaussian"
 
 
 @pytest.mark.parametrize("name", sorted(presets.PRESETS))

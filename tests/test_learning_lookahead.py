@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from common.storage.data import load_goals
-from evaluation.inference import reconstruct
+from evaluation.inference import encoder_of, reconstruct
 from common.method.presets import small_lookahead
 from common.method.rollout import s_agent_sample
 from deploy.settings import RunOptions
@@ -37,13 +37,15 @@ def trained(data_dir, request):
     goals = load_goals("mnist", data_dir).subset(NUM_GOALS)
     options = RunOptions(total_updates=UPDATES, seed=0, device="cpu", progress_every=30)
     config = small_lookahead()
-    config = dataclasses.replace(config, acting=dataclasses.replace(config.acting, behaviour=request.param))
+    acting = dataclasses.replace(config.acting, behaviour=request.param)
+    mdp = config.mdp if request.param == "lookahead" else dataclasses.replace(config.mdp, likelihood="gaussian")
+    config = dataclasses.replace(config, acting=acting, mdp=mdp)  # the afterstate agent learns squared distances
     trainer = SingleProcessTrainer(config, goals, options)
     pixels = goals.goals(np.arange(NUM_GOALS))
     baseline = float((pixels - pixels.mean(dim=0)).pow(2).mean())
     summary = trainer.run()
     learner = trainer.learner
-    after = reconstruct(learner.agent, learner.x1, learner.rates, pixels, encoder=request.param)
+    after = reconstruct(learner.agent, learner.x1, learner.rates, pixels, **encoder_of(config))
     print(f"\n{request.param} learning: {summary.updates} updates in {summary.seconds:.0f}s; reconstruction MSE "
           f"{after.mse:.3f} (mean baseline {baseline:.3f}, {after.mse / baseline:.2f}x), "
           f"{len({tuple(c) for c in after.codes.tolist()})} distinct codes")

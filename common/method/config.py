@@ -17,6 +17,7 @@ from common.errors import ConfigError
 InitialState = Literal["zeros", "data_mean"]
 INITIAL_STATES = ("zeros", "data_mean")
 LOSS_REDUCTIONS = ("sum", "mean")
+LIKELIHOODS = ("gaussian", "laplace")
 BEHAVIOURS = ("q", "lookahead", "afterstate")
 CANDIDATE_BEHAVIOURS = ("lookahead", "afterstate")  # those that score the A proposals' next states
 Q_TARGETS = ("sampled", "all_actions")
@@ -110,6 +111,8 @@ class MDPConfig:
     sigma: float = math.sqrt(0.5)
     initial_state: InitialState = "zeros"
     loss_reduction: str = "sum"  # "sum": the paper's loss; "mean": divided by the pixel count d
+    likelihood: str = "gaussian"  # the last step: "gaussian" (the paper's, squared error); "laplace" (extension:
+    # |x_{H+1} - goal| / sigma, an L1 loss whose optimum is the goals' per-pixel median rather than their mean)
 
     def __post_init__(self):
         check_positive_int("mdp.horizon", self.horizon)
@@ -117,6 +120,7 @@ class MDPConfig:
                         " (with one proposal the GC-agent and the S-agent have nothing to choose)")
         check_positive("mdp.sigma", self.sigma)
         check_choice("mdp.loss_reduction", self.loss_reduction, LOSS_REDUCTIONS)
+        check_choice("mdp.likelihood", self.likelihood, LIKELIHOODS)
         if self.initial_state not in INITIAL_STATES:
             raise ConfigError(f"mdp.initial_state must be one of {INITIAL_STATES}, got {self.initial_state!r}")
         if self.alphas is not None:
@@ -318,6 +322,9 @@ class ExperimentConfig:
         if self.sampling.top_k > self.mdp.num_proposals:
             raise ConfigError(f"sampling.top_k = {self.sampling.top_k} exceeds A = mdp.num_proposals = "
                               f"{self.mdp.num_proposals} (expected 0 for all, or 1..A)")
+        if self.mdp.likelihood != "gaussian" and self.acting.behaviour == "afterstate":
+            raise ConfigError(f"mdp.likelihood = {self.mdp.likelihood!r} needs acting.behaviour 'lookahead' or 'q' "
+                              "(the afterstate value network learns the squared distance), got 'afterstate'")
 
     def to_dict(self) -> dict:
         """Plain nested dict, for checkpoints and for printing the settings a run used."""

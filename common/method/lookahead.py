@@ -64,7 +64,7 @@ def lookahead_rollout(proposal: ProposalUNet, x1: torch.Tensor, goals: torch.Ten
     beams = x1.expand(batch, 1, *x1.shape)  # [B, k, C, H, W], k = 1 before the first step
     cost = goals.new_zeros(batch, 1, dtype=torch.float32)  # [B, k]: the prior cost of each beam's path
     states, parents, choices, posteriors = [beams], [], [], []
-    temperature = posterior_temperature(scoring.prior_weight, sigma, x1.numel())
+    temperature = posterior_temperature(scoring.prior_weight, sigma, x1.numel(), scoring.likelihood)
     for h in range(horizon):
         k = beams.shape[1]
         flat = beams.reshape(batch * k, *x1.shape)
@@ -81,13 +81,13 @@ def lookahead_rollout(proposal: ProposalUNet, x1: torch.Tensor, goals: torch.Ten
         parents.append(keep // num)
         choices.append(keep % num)
         states.append(beams)
-    path = _best_path(states, parents, choices, goals, sigma, loss_reduction)
+    path = _best_path(states, parents, choices, goals, sigma, loss_reduction, scoring.likelihood)
     path.posteriors = torch.stack(posteriors, dim=1) if beam_width == 1 else None  # [B, H, A]
     return path
 
 
 def _best_path(states: list[torch.Tensor], parents: list[torch.Tensor], choices: list[torch.Tensor],
-               goals: torch.Tensor, sigma: float, loss_reduction: str) -> Trajectories:
+               goals: torch.Tensor, sigma: float, loss_reduction: str, likelihood: str) -> Trajectories:
     """Follow the back-pointers from the best final beam (top-k is sorted, so beam 0) to x_1."""
     batch = goals.shape[0]
     beam = torch.zeros(batch, 1, dtype=torch.long, device=goals.device)
@@ -98,7 +98,7 @@ def _best_path(states: list[torch.Tensor], parents: list[torch.Tensor], choices:
         path_states.append(_gather_rows(states[h], beam)[:, 0])
     final = path_states[0]
     return Trajectories(torch.stack(path_states[::-1], dim=1), torch.stack(path_choices[::-1], dim=1),
-                        goal_loss(final, goals, sigma, loss_reduction))
+                        goal_loss(final, goals, sigma, loss_reduction, likelihood))
 
 
 def gc_agent_rollout(agent, x1: torch.Tensor, goals: torch.Tensor, rates: torch.Tensor, mdp, acting) -> Trajectories:
@@ -109,14 +109,15 @@ def gc_agent_rollout(agent, x1: torch.Tensor, goals: torch.Tensor, rates: torch.
     rest by the candidate scoring; the episodes come back in the goals' order.
     """
     if acting.behaviour == "q":
-        return goal_conditioned_rollout(agent, x1, goals, rates, acting.kappa, mdp.sigma, mdp.loss_reduction)
+        return goal_conditioned_rollout(agent, x1, goals, rates, acting.kappa, mdp.sigma, mdp.loss_reduction,
+                                        mdp.likelihood)
     by_q = int(round(acting.q_fraction * goals.shape[0]))
     parts = []
     if by_q:
         parts.append(goal_conditioned_rollout(agent, x1, goals[:by_q], rates, acting.kappa, mdp.sigma,
-                                              mdp.loss_reduction))
+                                              mdp.loss_reduction, mdp.likelihood))
     if by_q < goals.shape[0]:
-        scoring = CandidateScoring.for_acting(agent, acting, goals.shape[0] - by_q, rates.shape[0])
+        scoring = CandidateScoring.for_acting(agent, acting, goals.shape[0] - by_q, rates.shape[0], mdp.likelihood)
         parts.append(lookahead_rollout(agent.proposal, x1, goals[by_q:], rates, mdp.sigma, acting.beam_width,
                                        mdp.loss_reduction, scoring))
     merged = Trajectories(*(torch.cat([getattr(p, f) for p in parts]) for f in ("states", "selections", "final_loss")))

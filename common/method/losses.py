@@ -60,11 +60,15 @@ def selection_cross_entropy(logits: torch.Tensor, selections: torch.Tensor) -> t
     return F.cross_entropy(logits, selections)
 
 
-def unfolded_proposal_loss(final_state: torch.Tensor, goals: torch.Tensor) -> torch.Tensor:
+def unfolded_proposal_loss(final_state: torch.Tensor, goals: torch.Tensor,
+                           likelihood: str = "gaussian") -> torch.Tensor:
     """Algorithm 2 line 3: ||S-prop-net_U(a_1..a_H) - goal||^2, averaged over pixels and batch.
 
-    The per-pixel mean (not the sum) only rescales the gradient, keeping rates size-independent.
+    The per-pixel mean (not the sum) only rescales the gradient, keeping rates size-independent. With the
+    Laplace last step (extension) the absolute error, whose minimiser over goals sharing a code is their median.
     """
+    if likelihood == "laplace":
+        return F.l1_loss(final_state, goals)
     return F.mse_loss(final_state, goals)
 
 

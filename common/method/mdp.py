@@ -36,12 +36,17 @@ def transition(state: torch.Tensor, action: torch.Tensor, alpha: torch.Tensor | 
     return state + alpha * action
 
 
-def goal_loss(final_state: torch.Tensor, goal: torch.Tensor, sigma: float, reduction: str = "mean") -> torch.Tensor:
+def goal_loss(final_state: torch.Tensor, goal: torch.Tensor, sigma: float, reduction: str = "mean",
+              likelihood: str = "gaussian") -> torch.Tensor:
     """Loss of the last step, ||x_{H+1} - goal||^2 / (2 sigma^2), summed or averaged over pixels: -> [B].
 
     final_state, goal: [B, C, H, W]. "sum" is the paper's Gaussian negative log-likelihood (up to a
     constant); "mean" divides it by the pixel count d, which makes kappa d times stronger (see MDPConfig).
+    likelihood "laplace" (extension) is the Laplace negative log-likelihood |x_{H+1} - goal| / sigma instead.
     """
+    if likelihood == "laplace":
+        absolute = (final_state - goal).abs().flatten(1)
+        return (absolute.sum(dim=1) if reduction == "sum" else absolute.mean(dim=1)) / sigma
     squared = (final_state - goal).pow(2).flatten(1)
     squared = squared.sum(dim=1) if reduction == "sum" else squared.mean(dim=1)
     return squared / (2.0 * sigma * sigma)

@@ -62,14 +62,22 @@ LOOKAHEAD_ACTING = {"behaviour": "lookahead", "beam_width": 1}
 
 def small_lookahead() -> ExperimentConfig:
     """The default without a GPU: `small` with the lookahead GC-agent, H = 8 steps of A = 32 proposals (40-bit
-    codes), fresh replay and sharpened sampling.
+    codes), the Laplace last step, fresh replay and sharpened sampling.
 
     Each was measured with bench/quality.py on full MNIST (docs/results.md, ablation). Precision is every
     preset's "auto": bf16 autocast where the device computes it natively, float32 elsewhere.
     """
     config = lookahead(small())
-    return dataclasses.replace(config, mdp=dataclasses.replace(config.mdp, horizon=8, num_proposals=32),
-                               replay=FRESH_REPLAY, sampling=SHARPENED_SAMPLING)
+    mdp = dataclasses.replace(config.mdp, horizon=8, num_proposals=32, likelihood="laplace")
+    return dataclasses.replace(config, mdp=mdp, replay=FRESH_REPLAY, sampling=SHARPENED_SAMPLING)
+
+
+# The Laplace last step (issue 19): the goal loss |x_{H+1} - goal| / sigma in place of the Gaussian's squared error,
+# in the E-step (the lookahead's distance) and the M-step (the unfolded update) alike, so goals that share a code pull
+# the decoder to their per-pixel median, a sharp stroke, rather than their mean, a grey blur. Measured with
+# bench/quality.py, 30 minutes, full MNIST, one AMD Zen 4 class, against the Gaussian (docs/results.md): reconstruction
+# FID 26.5 against 40.2, sample FID 35.2 against 43.8 (the same-class VAE 50.5), MSE 0.106 against 0.067, at the same
+# updates a minute. The paper's last step is Gaussian.
 
 
 # A = 32 proposals a step (issue 19): 40-bit codes at H = 8, so fewer goals share each code and the proposal network

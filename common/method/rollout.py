@@ -46,7 +46,8 @@ def _step_index(h: int, batch: int, device) -> torch.Tensor:
 
 
 def goal_conditioned_rollout(agent: VAgent, x1: torch.Tensor, goals: torch.Tensor, rates: torch.Tensor,
-                             kappa: float, sigma: float, loss_reduction: str = "mean") -> Trajectories:
+                             kappa: float, sigma: float, loss_reduction: str = "mean",
+                             likelihood: str = "gaussian") -> Trajectories:
     """Algorithm 1 for B goals at once: the GC-agent picks, S-prop-net proposes, eq. (5) steps.
 
     x1 [C, H, W], goals [B, C, H, W], rates [H]. Call under torch.inference_mode() when acting.
@@ -65,7 +66,7 @@ def goal_conditioned_rollout(agent: VAgent, x1: torch.Tensor, goals: torch.Tenso
         selections.append(selection)
         prefix[:, h] = selection
     return Trajectories(torch.stack(states, dim=1), torch.stack(selections, dim=1),
-                        goal_loss(state, goals, sigma, loss_reduction))
+                        goal_loss(state, goals, sigma, loss_reduction, likelihood))
 
 
 def greedy_reconstruction(agent: VAgent, x1: torch.Tensor, goals: torch.Tensor, rates: torch.Tensor,

@@ -29,9 +29,13 @@ from torch import nn
 from common.method.config import ActingConfig
 
 
-def distance_to_goal(candidates: torch.Tensor, goals: torch.Tensor) -> torch.Tensor:
-    """Per-pixel squared distance of candidate states to their goal: [B, K, C, H, W], [B, C, H, W] -> [B, K]."""
-    return (candidates.float() - goals.float().unsqueeze(1)).pow(2).flatten(2).mean(dim=2)
+def distance_to_goal(candidates: torch.Tensor, goals: torch.Tensor, likelihood: str = "gaussian") -> torch.Tensor:
+    """Per-pixel squared distance of candidate states to their goal: [B, K, C, H, W], [B, C, H, W] -> [B, K].
+
+    With the Laplace last step (mdp.likelihood, extension) the per-pixel absolute distance, its own loss.
+    """
+    difference = candidates.float() - goals.float().unsqueeze(1)
+    return (difference.abs() if likelihood == "laplace" else difference.pow(2)).flatten(2).mean(dim=2)
 
 
 @dataclass
@@ -43,15 +47,18 @@ class CandidateScoring:
     selection: nn.Module | None = None  # S-select-net (needed when prior_weight > 0 or prefix_steps is given)
     value: nn.Module | None = None  # GoalValueNet (the afterstate agent); None: the distance (the lookahead)
     prefix_steps: torch.Tensor | None = None  # [B] long: steps the S-agent takes before the GC-agent (hybrid)
+    likelihood: str = "gaussian"  # mdp.likelihood: which distance the candidates are scored by
 
     @classmethod
-    def for_acting(cls, agent, acting: ActingConfig, batch: int = 0, horizon: int = 1) -> CandidateScoring:
+    def for_acting(cls, agent, acting: ActingConfig, batch: int = 0, horizon: int = 1,
+                   likelihood: str = "gaussian") -> CandidateScoring:
         """The scoring of a configured behaviour ("lookahead" or "afterstate") with the agent's networks; with
         acting.s_prefix_fraction, that share of the `batch` goals gets an S-agent prefix of 1..H-1 steps."""
         value = agent.goal_value if acting.behaviour == "afterstate" else None
         prefix = hybrid_prefix_steps(batch, horizon, acting.s_prefix_fraction) if acting.s_prefix_fraction else None
         uses_selection = acting.prior_weight or prefix is not None
-        return cls(acting.prior_weight, acting.stochastic, agent.selection if uses_selection else None, value, prefix)
+        return cls(acting.prior_weight, acting.stochastic, agent.selection if uses_selection else None, value, prefix,
+                   likelihood)
 
     def prior_cost(self, parents: torch.Tensor, step: torch.Tensor, num: int) -> torch.Tensor:
         """-kappa' log S-select(a | x_h) for each parent state and selection: [M, C, H, W], [M] -> [M, A]."""
@@ -66,7 +73,7 @@ class CandidateScoring:
         The distance where there is no learned value or the episode ends (next_step == H: the exact loss).
         """
         if self.value is None or next_step >= horizon:
-            return distance_to_goal(candidates, goals)
+            return distance_to_goal(candidates, goals, self.likelihood)
         batch, count = candidates.shape[:2]
         flat = candidates.flatten(0, 1)
         step = torch.full((flat.shape[0],), next_step, dtype=torch.long, device=flat.device)
@@ -89,10 +96,13 @@ class CandidateScoring:
         return torch.where((self.prefix_steps > h).view(-1, 1).to(keep.device), drawn, keep)
 
 
-def posterior_temperature(prior_weight: float, sigma: float, pixels: int) -> float:
+def posterior_temperature(prior_weight: float, sigma: float, pixels: int, likelihood: str = "gaussian") -> float:
     """The posterior's temperature in per-pixel distance units: kappa' where the prior is on, else the bound's
-    own 2 sigma^2 / d (the Gaussian likelihood exp(-d * distance / (2 sigma^2)) under a uniform prior)."""
-    return prior_weight if prior_weight > 0 else 2.0 * sigma * sigma / pixels
+    own 2 sigma^2 / d (the Gaussian likelihood exp(-d * distance / (2 sigma^2)) under a uniform prior; the
+    Laplace one's exp(-d * distance / sigma) gives sigma / d)."""
+    if prior_weight > 0:
+        return prior_weight
+    return (sigma if likelihood == "laplace" else 2.0 * sigma * sigma) / pixels
 
 
 def hybrid_prefix_steps(batch: int, horizon: int, fraction: float) -> torch.Tensor:

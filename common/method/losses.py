@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from common.method.mdp import pixel_error
+
 
 def double_dqn_target(next_q_online: torch.Tensor, next_q_target: torch.Tensor, loss: torch.Tensor,
                       is_last: torch.Tensor) -> torch.Tensor:
@@ -67,9 +69,7 @@ def unfolded_proposal_loss(final_state: torch.Tensor, goals: torch.Tensor,
     The per-pixel mean (not the sum) only rescales the gradient, keeping rates size-independent. With the
     Laplace last step (extension) the absolute error, whose minimiser over goals sharing a code is their median.
     """
-    if likelihood == "laplace":
-        return F.l1_loss(final_state, goals)
-    return F.mse_loss(final_state, goals)
+    return pixel_error(final_state - goals, likelihood).mean()
 
 
 def all_action_targets(next_q_online: torch.Tensor, next_q_target: torch.Tensor, final_loss: torch.Tensor,

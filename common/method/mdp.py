@@ -1,8 +1,8 @@
 """The episodic MDP of section 3.1 as plain tensor functions.
 
 x_1 is fixed, x_{h+1} = x_h + alpha_h y_h for h = 1..H, and the only loss is the Gaussian
-log-likelihood of the goal at the last step. Kept apart from the networks so the step rule and the
-loss can be checked against hand-computed numbers.
+log-likelihood of the goal at the last step (or, as an extension, the Laplace one). Kept apart from the
+networks so the step rule and the loss can be checked against hand-computed numbers.
 """
 
 from __future__ import annotations
@@ -36,6 +36,19 @@ def transition(state: torch.Tensor, action: torch.Tensor, alpha: torch.Tensor | 
     return state + alpha * action
 
 
+def pixel_error(difference: torch.Tensor, likelihood: str = "gaussian") -> torch.Tensor:
+    """The last step's per-pixel error, elementwise: d^2 (the paper's Gaussian) or |d| (the Laplace extension).
+
+    One definition for the goal loss, the candidate scorers' distance and the unfolded update, so the E-step and
+    the M-step always optimise the same likelihood."""
+    return difference.abs() if likelihood == "laplace" else difference.pow(2)
+
+
+def likelihood_scale(sigma: float, likelihood: str = "gaussian") -> float:
+    """The negative log-likelihood's divisor of the summed pixel error: 2 sigma^2 (Gaussian) or sigma (Laplace)."""
+    return sigma if likelihood == "laplace" else 2.0 * sigma * sigma
+
+
 def goal_loss(final_state: torch.Tensor, goal: torch.Tensor, sigma: float, reduction: str = "mean",
               likelihood: str = "gaussian") -> torch.Tensor:
     """Loss of the last step, ||x_{H+1} - goal||^2 / (2 sigma^2), summed or averaged over pixels: -> [B].
@@ -44,9 +57,6 @@ def goal_loss(final_state: torch.Tensor, goal: torch.Tensor, sigma: float, reduc
     constant); "mean" divides it by the pixel count d, which makes kappa d times stronger (see MDPConfig).
     likelihood "laplace" (extension) is the Laplace negative log-likelihood |x_{H+1} - goal| / sigma instead.
     """
-    if likelihood == "laplace":
-        absolute = (final_state - goal).abs().flatten(1)
-        return (absolute.sum(dim=1) if reduction == "sum" else absolute.mean(dim=1)) / sigma
-    squared = (final_state - goal).pow(2).flatten(1)
-    squared = squared.sum(dim=1) if reduction == "sum" else squared.mean(dim=1)
-    return squared / (2.0 * sigma * sigma)
+    error = pixel_error(final_state - goal, likelihood).flatten(1)
+    error = error.sum(dim=1) if reduction == "sum" else error.mean(dim=1)
+    return error / likelihood_scale(sigma, likelihood)

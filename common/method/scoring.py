@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from common.method.config import ActingConfig
+from common.method.mdp import likelihood_scale, pixel_error
 
 
 def distance_to_goal(candidates: torch.Tensor, goals: torch.Tensor, likelihood: str = "gaussian") -> torch.Tensor:
@@ -34,8 +35,7 @@ def distance_to_goal(candidates: torch.Tensor, goals: torch.Tensor, likelihood: 
 
     With the Laplace last step (mdp.likelihood, extension) the per-pixel absolute distance, its own loss.
     """
-    difference = candidates.float() - goals.float().unsqueeze(1)
-    return (difference.abs() if likelihood == "laplace" else difference.pow(2)).flatten(2).mean(dim=2)
+    return pixel_error(candidates.float() - goals.float().unsqueeze(1), likelihood).flatten(2).mean(dim=2)
 
 
 @dataclass
@@ -102,7 +102,7 @@ def posterior_temperature(prior_weight: float, sigma: float, pixels: int, likeli
     Laplace one's exp(-d * distance / sigma) gives sigma / d)."""
     if prior_weight > 0:
         return prior_weight
-    return (sigma if likelihood == "laplace" else 2.0 * sigma * sigma) / pixels
+    return likelihood_scale(sigma, likelihood) / pixels
 
 
 def hybrid_prefix_steps(batch: int, horizon: int, fraction: float) -> torch.Tensor:

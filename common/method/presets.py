@@ -75,10 +75,10 @@ def small_lookahead() -> ExperimentConfig:
 # The Laplace last step (issue 19): the goal loss |x_{H+1} - goal| / sigma in place of the Gaussian's squared error,
 # in the E-step (the lookahead's distance) and the M-step (the unfolded update) alike, so goals that share a code pull
 # the decoder to their per-pixel median, a sharp stroke, rather than their mean, a grey blur. Measured with
-# bench/quality.py, 30 minutes, full MNIST, one AMD Zen 4 class, against the Gaussian (docs/results.md): reconstruction
-# FID 26.5 against 40.2, sample FID 35.2 against 43.8 (the same-class VAE 50.5), MSE 0.106 against 0.067, at the same
-# updates a minute; then bench/table1.py on a Zen 5: sample FID 31.1 against the same-run VAE's 48.1, reconstruction
-# FID 24.4. The paper's last step is Gaussian.
+# bench/quality.py, 30 minutes, full MNIST, one AMD Zen 4 class (AVX-512, bf16), against the Gaussian
+# (docs/results.md): reconstruction FID 26.5 against 40.2, sample FID 35.2 against 43.8 (the same-class VAE 50.5),
+# MSE 0.106 against 0.067, at the same updates a minute; then bench/table1.py on a Zen 5 (AVX-512, bf16): sample FID
+# 31.1 against the same-run VAE's 48.1, reconstruction FID 24.4. The paper's last step is Gaussian.
 
 
 # A = 32 proposals a step (issue 19): 40-bit codes at H = 8, so fewer goals share each code and the proposal network

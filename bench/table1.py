@@ -4,6 +4,7 @@ dataset, measured by one protocol, printed beside the paper's own figures with e
 
     python bench/table1.py --minutes 30                       # MNIST, 2 CPU cores: about 2 hours in all
     python bench/table1.py --minutes 30 --dataset fashion-mnist -- --preset paper   # flags after -- go to launch.py
+    python bench/table1.py --minutes 30 --curve-every 10     # and both FIDs of the GCRL run at 10, 20, 30 minutes
 
 Each model trains in its own process, one after the other, for --minutes of wall clock (or --updates
 updates): the GCRL model through `launch.py --runtime single-process` (its default preset unless flags
@@ -45,7 +46,7 @@ class OneLineArgs(argparse.ArgumentParser):
 
     def error(self, message: str):
         """Print one line and exit with status 2."""
-        print(f"error: {message} (see `python bench/table1.py --help`)", file=sys.stderr)
+        print(f"error: {message} (see `python {self.prog} --help`)", file=sys.stderr)
         sys.exit(2)
 
 
@@ -65,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ddim-eta", type=float, default=0.0, help="DDIM's eta: 0 is Song et al.'s deterministic "
                    "sampler (default), 1 the stochastic one")
     p.add_argument("--evaluate-only", action="store_true", help="measure the checkpoints already in --output")
+    p.add_argument("--curve-every", type=float, metavar="MINUTES", help="the GCRL run also keeps a checkpoint "
+                   "every MINUTES, and each is measured afterwards: both FIDs over training (bench/fid_curve.py)")
     p.add_argument("--seed", type=int, default=0)
     args, rest = p.parse_known_args(argv)
     _check(p, args)
@@ -75,6 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def _check(p: argparse.ArgumentParser, args) -> None:
     if args.minutes <= 0:
         p.error(f"--minutes must be positive, got {args.minutes}")
+    if args.curve_every is not None and not 0 < args.curve_every < args.minutes:
+        p.error(f"--curve-every must be between 0 and --minutes ({args.minutes:g}), got {args.curve_every}")
     if not 0 <= args.ddim_eta <= 1:
         p.error(f"--ddim-eta must be in [0, 1], got {args.ddim_eta}")
     for flag, value, least in (("--updates", args.updates, 1), ("--num-test", args.num_test, 2),
@@ -94,11 +99,19 @@ def training_command(model: str, args) -> list[str]:
         budget = ["--total-updates", str(args.updates)] if args.updates else \
             ["--time-limit", str(60 * args.minutes), "--total-updates", str(10**12)]
         return [sys.executable, str(REPO_ROOT / "launch.py"), "--runtime", "single-process", *data, *budget,
-                "--checkpoint-dir", out, "--checkpoint-every", "1e9", "--eval-every", "0", "--progress-every", "120",
+                "--checkpoint-dir", out, *_checkpointing(args), "--eval-every", "0", "--progress-every", "120",
                 *args.gcrl_flags]
     budget = ["--updates", str(args.updates)] if args.updates else ["--minutes", str(args.minutes)]
     return [sys.executable, str(REPO_ROOT / "bench" / "baselines" / "train.py"), "--model", model, *data, *budget,
             "--output", out, "--progress-every", "120"]
+
+
+def _checkpointing(args) -> list[str]:
+    """Only the final checkpoint, or (--curve-every) one every so many minutes, all of them kept."""
+    if args.curve_every is None:
+        return ["--checkpoint-every", "1e9"]
+    return ["--checkpoint-every", f"{60 * args.curve_every:g}",
+            "--keep-checkpoints", str(int(args.minutes // args.curve_every) + 2)]
 
 
 def train_all(args) -> None:
@@ -129,7 +142,25 @@ def measure(args, on_row=lambda rows, floors: None) -> tuple[list[dict], dict, d
             figures = {k: row[k] for k in ("recon_mse", "recon_fid", "sample_fid")}
             print(f"measured {label}: {json.dumps(figures)}", flush=True)
             on_row(rows, floors)
+    if args.curve_every is not None and "gcrl" in args.models:
+        _add_curve(args, rows, proto, on_row, floors)
     return rows, floors, images
+
+
+def _add_curve(args, rows: list[dict], proto, on_row, floors: dict) -> None:
+    """The GCRL row's `curve`: every earlier kept checkpoint measured like the row, then the row itself."""
+    from bench.fid_curve import POINT_KEYS, checkpoints_of, curve_points
+
+    row = next(r for r in rows if r["model"] == "gcrl")
+    earlier = checkpoints_of(args.output / "gcrl")[:-1]  # the newest is the one the row measured
+    final = {"checkpoint": "final", **{k: row[k] for k in POINT_KEYS}}
+    points = [*curve_points(earlier, proto, args.seed), final]
+    for k, point in enumerate(points):  # nominal: each save's seconds also count against the budget
+        point["minutes"] = None if args.updates else min(args.minutes, (k + 1) * args.curve_every)
+    if not args.updates:
+        points[-1]["minutes"] = args.minutes
+    row["curve"] = points
+    on_row(rows, floors)
 
 
 def _save_scored(output: Path, name: str, samples: torch.Tensor, reconstructions: torch.Tensor | None) -> None:
@@ -181,6 +212,10 @@ def format_table(rows: list[dict], floors: dict, dataset: str, fid_samples: int)
                      f"{f(r['sample_fid'], '8.2f')} | {f(p.get('recon_mse'), '8.2f')} {f(p.get('recon_fid'), '8.2f')} "
                      f"{f(p.get('sample_fid'), '8.2f')} | {r['passes_per_image']:>10d} {r['images_per_second']:>8.1f} "
                      f"{r['updates']:>8d}")
+    for r in rows:
+        for point in r.get("curve", ()):
+            lines.append(f"  {r['label']} at {point['updates']:>6d} updates: reconstruction FID "
+                         f"{point['recon_fid']:.2f}, sample FID {point['sample_fid']:.2f}, MSE {point['recon_mse']:.4f}")
     lines.append(f"same-N floors ({fid_samples} images): reconstruction FID {floors['reconstruction']:.2f}, "
                  f"sample FID {floors['samples']:.2f}; mean-image reconstruction MSE {floors['mean_image_mse']:.4f}")
     return "\n".join(lines)
@@ -230,6 +265,11 @@ def main(argv=None) -> int:
     print(table, flush=True)
     write_report(args, rows, floors, table)
     draw_samples(images, rows, args.output / "table1.png")
+    curves = [r["curve"] for r in rows if "curve" in r]  # the GCRL row's, with --curve-every
+    if curves:
+        from bench.fid_curve import draw_curve
+
+        draw_curve(curves[0], floors, args.output / "table1-curve.png")
     print(f"wrote {args.output}/table1.json and table1.png", flush=True)
     return 0
 

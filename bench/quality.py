@@ -101,7 +101,7 @@ def fid_results(args, goals, test_goals, snapshots: list[dict], x1: torch.Tensor
                   "sample_fid": protocol.scorer.score(samples, protocol.train_reference, "sample FID"),
                   "recon_fid": protocol.scorer.score(snap["reconstructions"], protocol.test_reference, "recon FID"),
                   "floor": protocol.floors["samples"], "recon_floor": protocol.floors["reconstruction"],
-                  "seconds": round(time.monotonic() - began, 1)}
+                  "seconds": round(time.monotonic() - began, 3)}
         result.update(ratio=result["sample_fid"] / result["floor"], recon_ratio=result["recon_fid"] / result["recon_floor"])
         results.append(result)
         print(f"FID@{args.fid_samples} at {snap['minutes']:.1f} min ({snap['updates']} updates): samples "

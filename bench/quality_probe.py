@@ -70,7 +70,7 @@ class QualityProbe:
         measured, acting = self.measure(agent, x1, updates)
         agent.train()
         reading = {"minutes": round(minutes, 2), "updates": int(updates), **measured,
-                   "seconds": round(time.monotonic() - began, 1)}
+                   "seconds": round(time.monotonic() - began, 3)}
         self.readings.append(reading)
         self._keep_snapshot(agent, minutes, updates, acting)
         self.marks = [m for m in self.marks if m > minutes]

@@ -77,7 +77,7 @@ def sweep(args, model, scorer, floor: float) -> list[dict]:
             fid = scorer.score(images)
             samples_figure(images, args.output / f"samples-t{temperature:g}-k{top_k}.png", limit=64)
             rows.append({"temperature": temperature, "top_k": top_k, "sample_fid": fid, "ratio": fid / floor,
-                         "seconds": round(time.monotonic() - began, 1)})
+                         "seconds": round(time.monotonic() - began, 3)})
             print(f"temperature {temperature:<5g} top-k {top_k or 'all':>4}: sample FID {fid:7.2f} "
                   f"({fid / floor:.2f}x the floor)", flush=True)
     return rows

@@ -23,6 +23,7 @@ from common.method.pixels import to_unit_range
 TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 DATASETS = tuple(TORCHVISION_FOLDERS) + ("folder",)
 IDX_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
+LABEL_FILES = {"train": "train-labels-idx1-ubyte", "test": "t10k-labels-idx1-ubyte"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 REPO_ROOT = Path(__file__).resolve().parents[2]  # common/storage/data.py -> the checkout
 
@@ -94,6 +95,23 @@ def load_goals(dataset: str, data_dir: str | Path | None, split: str = "train", 
     raw = root / TORCHVISION_FOLDERS[dataset] / "raw"
     images = read_idx_images(raw / IDX_FILES[split])
     return GoalSet(dataset, split, images)
+
+
+def load_labels(dataset: str, data_dir: str | Path | None, split: str = "train") -> torch.Tensor:
+    """The class of each image of a split, [N] int64: only the benchmarks' digit classifier needs them (the method
+    never sees a label)."""
+    if dataset not in TORCHVISION_FOLDERS:
+        raise DataError(f"dataset {dataset!r} has no labels (expected one of {', '.join(TORCHVISION_FOLDERS)})")
+    if split not in LABEL_FILES:
+        raise DataError(f"unknown split {split!r} (expected 'train' or 'test')")
+    path = _resolve_root(dataset, data_dir, False) / TORCHVISION_FOLDERS[dataset] / "raw" / LABEL_FILES[split]
+    data = _read_idx_bytes(path)
+    if len(data) < 8 or data[:4] != b"\x00\x00\x08\x01":
+        raise DataError(f"{path} is not an IDX label file (bad header); expected torchvision's MNIST layout")
+    count = int.from_bytes(data[4:8], "big")
+    if len(data) != 8 + count:
+        raise DataError(f"{path} is truncated or corrupt: {len(data)} bytes, expected {8 + count} for {count} labels")
+    return torch.from_numpy(np.frombuffer(data, dtype=np.uint8, offset=8).astype(np.int64))
 
 
 def _resolve_root(dataset: str, data_dir, download: bool) -> Path:

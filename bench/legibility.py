@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -41,14 +42,15 @@ NUM_CLASSES = 10
 
 
 class DigitClassifier(nn.Module):
-    """Two conv blocks and two linear layers: about 99 % on MNIST's test split after two epochs."""
+    """Two conv blocks and two linear layers: 98.3 % on MNIST's test split after two epochs."""
 
-    def __init__(self, channels: int = 1):
+    def __init__(self, image_shape: tuple[int, int, int]):
         super().__init__()
+        channels, height, width = image_shape
         self.net = nn.Sequential(
-            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # [B, 32, 14, 14]
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # [B, 64, 7, 7]
-            nn.Flatten(), nn.LazyLinear(128), nn.ReLU(), nn.Linear(128, NUM_CLASSES))
+            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # [B, 32, H/2, W/2]
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # [B, 64, H/4, W/4]
+            nn.Flatten(), nn.Linear(64 * (height // 4) * (width // 4), 128), nn.ReLU(), nn.Linear(128, NUM_CLASSES))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [B, C, H, W] -> logits [B, 10]."""
@@ -60,8 +62,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 2
     """Adam on shuffled minibatches of uint8 images [N, C, H, W] and their classes [N]."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = DigitClassifier(images.shape[1])
-    model(images[:2])  # materialise the lazy layer before the optimiser sees the parameters
+    model = DigitClassifier(tuple(images.shape[1:]))
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(epochs):
         for index in torch.randperm(images.shape[0], generator=generator).split(batch):
@@ -89,13 +90,17 @@ def legibility(probs: torch.Tensor, threshold: float = 0.9, class_share: float =
             "class_entropy": entropy, "class_counts": counts.tolist()}
 
 
+def scores_of(classifier: DigitClassifier, threshold: float, class_share: float, images: torch.Tensor) -> dict:
+    """legibility() of uint8 images [N, C, H, W] as this classifier reads them."""
+    return legibility(probabilities(classifier, images), threshold, class_share)
+
+
 def cached_classifier(dataset: str, data_dir, cache: Path, epochs: int) -> tuple[DigitClassifier, float]:
     """The dataset's classifier (trained and saved once) and its test accuracy."""
     path = cache / f"{dataset}-classifier-e{epochs}.pt"
     train = load_goals(dataset, data_dir)
     if path.exists():
-        model = DigitClassifier(train.images.shape[1])
-        model(train.images[:2])
+        model = DigitClassifier(train.image_shape)
         model.load_state_dict(torch.load(path, weights_only=True))
         model.eval().requires_grad_(False)
     else:
@@ -156,8 +161,8 @@ def main(argv=None) -> int:
         return 2
     output = args.output or model.path.parent / "legibility"
     output.mkdir(parents=True, exist_ok=True)
-    score = lambda images: legibility(probabilities(classifier, images), args.threshold, args.class_share)  # noqa
     print(f"checkpoint {model.path} (update {model.updates}); {dataset} classifier test accuracy {accuracy:.4f}")
+    score = partial(scores_of, classifier, args.threshold, args.class_share)
     rows = [{"label": f"real test images ({test.shape[0]})", **score(test)}]
     print(report_row(rows[0]["label"], rows[0]), flush=True)
     bf16 = resolve_bf16(model.config.acting.bf16, model.device)
